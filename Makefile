@@ -1,0 +1,35 @@
+# Two commands for a new user: `make repro` (the pipeline) and `make test` (the suite). Both create .venv first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install repro test test-slow params mlflow-ui clean-venv
+
+install: $(INSTALLED)
+
+# Re-install whenever pyproject.toml changes; torch and torchvision are capped at 2.14.1 / 0.29.1 by pyproject.
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+repro: $(INSTALLED)  ## run the whole pipeline from params.yaml (dvc repro)
+	dvc repro
+
+test: $(INSTALLED)  ## the CI suite: unit, integration (../shared) and end-to-end tests, without the slow ones
+	python -m pytest -m "not slow" -q
+
+test-slow: $(INSTALLED)  ## the long real-data runs
+	python -m pytest -m slow -q
+
+params: $(INSTALLED)  ## recompose params.yaml from conf/ (add overrides with ARGS="backbone=resnet50")
+	ris compose $(ARGS)
+
+mlflow-ui: $(INSTALLED)  ## browse every tracked run at http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,100 @@
+"""Catalogue a class-per-folder image collection: one decoded, hashed row per image, and a list of what was skipped."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+logger = logging.getLogger("ris.data")
+
+COLUMNS = ["path", "class", "sha256", "width", "height"]
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+"""Suffixes treated as images; anything else (e.g. Caltech101's stray ``BACKGROUND_Google/tmp``) is skipped."""
+
+
+def _list_files(root: Path) -> list[Path]:
+    """Return every non-hidden file under ``root`` as a path relative to it, sorted by POSIX path."""
+    found: list[Path] = []
+    for folder, dirnames, filenames in os.walk(root):
+        # Pruning in place stops os.walk from descending into hidden folders (.git, .ipynb_checkpoints, ...).
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        base = Path(folder).relative_to(root)
+        found.extend(base / name for name in filenames if not name.startswith("."))
+    return sorted(found, key=lambda path: path.as_posix())
+
+
+def _decode(data: bytes) -> tuple[int, int]:
+    """Fully decode an encoded image and return its (width, height)."""
+    with Image.open(io.BytesIO(data)) as image:
+        # open() only reads the header; load() decodes every pixel, which is what exposes truncated files.
+        image.load()
+        return image.size
+
+
+def scan_images(root: Path, *, progress: bool = True) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Decode and hash every image of a ``root/<class>/...`` collection.
+
+    Args:
+        root: Folder whose sub-folders are the classes; files deeper down belong to their first-level folder.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        A table with columns ``path`` (POSIX, relative to ``root``), ``class``, ``sha256``, ``width`` and ``height``,
+        sorted by path; and the skipped files as ``{"path": ..., "reason": ...}`` (files directly in ``root``,
+        non-image suffixes, undecodable or truncated images). Hidden files and folders are ignored silently.
+
+    Raises:
+        NotADirectoryError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"image folder {root} does not exist or is not a folder")
+    started = time.perf_counter()
+    files = _list_files(root)
+    rows: list[dict[str, object]] = []
+    skipped: list[dict[str, str]] = []
+    for relative in tqdm(files, desc="scan images", unit="file", disable=not progress):
+        path = relative.as_posix()
+        if len(relative.parts) < 2:
+            skipped.append({"path": path, "reason": "file directly in the image root, outside any class folder"})
+            continue
+        if relative.suffix.lower() not in IMAGE_EXTENSIONS:
+            suffix = relative.suffix or "(none)"
+            skipped.append({"path": path, "reason": f"not an image file: suffix {suffix}"})
+            continue
+        data = (root / relative).read_bytes()
+        try:
+            width, height = _decode(data)
+        except Exception as error:  # PIL raises many exception types on malformed input, not only OSError
+            skipped.append({"path": path, "reason": f"cannot decode image: {type(error).__name__}: {error}"})
+            continue
+        rows.append(
+            {
+                "path": path,
+                "class": relative.parts[0],
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "width": width,
+                "height": height,
+            }
+        )
+    table = pd.DataFrame(rows, columns=COLUMNS).astype({"width": "int64", "height": "int64"})
+    table = table.sort_values("path", kind="stable").reset_index(drop=True)
+    logger.info(
+        "scanned %s: %d images in %d classes, %d files skipped, in %.1f s",
+        root,
+        len(table),
+        table["class"].nunique(),
+        len(skipped),
+        time.perf_counter() - started,
+    )
+    for item in skipped:
+        logger.info("skipped %s: %s", item["path"], item["reason"])
+    return table, skipped

@@ -1,0 +1,111 @@
+"""Where a backbone's pretrained weights come from: a local file, a weights folder, or the model hub."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+
+from ris.config import BackboneConfig
+
+log = logging.getLogger("ris.embed")
+
+WEIGHTS_DIR_ENV = "RIS_WEIGHTS_DIR"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+HUB_HOST = ("huggingface.co", 443)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """No source of pretrained weights can be reached; the message says what to provide."""
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """``kind`` is ``file``, ``hub`` or ``random``; ``identity`` keys the feature store (file hash or hub id)."""
+
+    kind: str
+    identity: str
+    file: Path | None = None
+
+
+def _file_identity(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def find_in_weights_dir(folder: Path, model_name: str) -> Path | None:
+    """A file named ``<model>.<suffix>`` or ``<model>.<tag>.<suffix>`` in ``folder`` (exact name first)."""
+    candidates = [path for path in sorted(folder.iterdir()) if path.suffix in WEIGHT_SUFFIXES
+                  and (path.stem == model_name or path.name.startswith(f"{model_name}."))]
+    exact = [path for path in candidates if path.stem == model_name]
+    return (exact or candidates or [None])[0]
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(model_name: str) -> bool:
+    """True when the hub weights are already in the local Hugging Face cache (usable offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+    hub_id = pretrained_cfg.hf_hub_id if pretrained_cfg else None
+    if not hub_id:
+        return False
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(hub_id, filename), str):
+            return True
+    return False
+
+
+def resolve_weights(cfg: BackboneConfig, environ: Mapping[str, str] = os.environ) -> WeightsSource:
+    """Pick the weights source, failing at once with instructions when none is available.
+
+    Raises:
+        WeightsUnavailableError: pretrained weights were asked for, but no file, folder or reachable hub has them.
+    """
+    if not cfg.pretrained:
+        return WeightsSource("random", "random-init")
+    if cfg.weights_file:
+        path = Path(cfg.weights_file).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"backbone.weights_file={path} does not exist")
+        return WeightsSource("file", _file_identity(path), path)
+    weights_dir = cfg.weights_dir or environ.get(WEIGHTS_DIR_ENV)
+    if weights_dir:
+        found = find_in_weights_dir(Path(weights_dir).expanduser(), cfg.name) if Path(weights_dir).is_dir() else None
+        if found is not None:
+            return WeightsSource("file", _file_identity(found), found)
+        log.warning("no %s.* weights file in %s; trying the model hub", cfg.name, weights_dir)
+    online = environ.get("HF_HUB_OFFLINE") != "1" and _hub_reachable()
+    if online or _hub_cached(cfg.name):
+        pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name)
+        hub_id = pretrained_cfg.hf_hub_id or pretrained_cfg.url if pretrained_cfg else cfg.name
+        return WeightsSource("hub", f"hub:{hub_id}")
+    raise WeightsUnavailableError(
+        f"pretrained weights for backbone '{cfg.name}' are not available: the model hub cannot be reached and "
+        f"no local copy was given. Provide one of: backbone.weights_file=<path to a timm weights file>, "
+        f"backbone.weights_dir=<folder with {cfg.name}.<tag>.safetensors> (or env {WEIGHTS_DIR_ENV}), "
+        f"or backbone.pretrained=false for random weights.")
+
+
+def create_backbone(cfg: BackboneConfig, source: WeightsSource) -> timm.models.nn.Module:
+    """The timm model with its classifier removed (``num_classes=0``: pooled embeddings), in eval mode."""
+    overlay = {"file": str(source.file)} if source.file else None
+    model = timm.create_model(cfg.name, pretrained=source.kind != "random", num_classes=0,
+                              pretrained_cfg_overlay=overlay)
+    return model.eval()

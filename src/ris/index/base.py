@@ -1,0 +1,95 @@
+"""The one interface every nearest-neighbour index implements."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class NearestNeighbourIndex(ABC):
+    """Vectors in, ``(ids, distances)`` out; ids are row numbers in the order vectors were added.
+
+    Subclasses declare ``name`` and the settings they accept in ``defaults``; ``metric`` is ``euclidean`` or
+    ``angular`` (Euclidean distance of L2-normalised vectors, Annoy's convention).
+    """
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, dim: int, metric: str = "euclidean", **params: Any) -> None:
+        self.check_params(params)
+        self.dim = dim
+        self.metric = metric
+        self.params = {**self.defaults, **params}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], key: str = "index.params") -> None:
+        """Reject settings this algorithm does not know, naming the key and the allowed ones."""
+        from ris.config import ConfigError
+
+        for name in params:
+            if name not in cls.defaults:
+                allowed = ", ".join(cls.defaults) or "none"
+                raise ConfigError(f"config key '{key}.{name}' is not a setting of '{cls.name}'; allowed: {allowed}")
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, metric: str = "euclidean", **params: Any) -> NearestNeighbourIndex:
+        """Create an index over ``vectors`` (one row per item)."""
+        index = cls(vectors.shape[1], metric, **params)
+        index.add(vectors)
+        index.finalize()
+        return index
+
+    @abstractmethod
+    def add(self, vectors: np.ndarray) -> None:
+        """Append ``vectors``; their ids continue from the current size."""
+
+    def finalize(self) -> None:
+        """Make the index searchable after the last ``add`` (a no-op for exact search)."""
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the ``k`` nearest ids and distances for every query row, nearest first (-1 pads missing)."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of indexed vectors."""
+
+    @abstractmethod
+    def _save_data(self, folder: Path) -> None:
+        """Write the algorithm's own files into ``folder``."""
+
+    @abstractmethod
+    def _load_data(self, folder: Path) -> None:
+        """Read what ``_save_data`` wrote."""
+
+    def save(self, folder: Path) -> None:
+        """Write the index and a JSON description of it into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save_data(folder)
+        description = {"name": self.name, "dim": self.dim, "metric": self.metric, "params": self.params,
+                       "size": len(self)}
+        (folder / "index.json").write_text(json.dumps(description, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> NearestNeighbourIndex:
+        """Read an index saved by :meth:`save`."""
+        description = json.loads((folder / "index.json").read_text())
+        index = cls(description["dim"], description["metric"], **description["params"])
+        index._load_data(folder)
+        return index
+
+
+def as_float32(vectors: np.ndarray) -> np.ndarray:
+    """C-contiguous float32 copy-free view where possible (what every backend wants)."""
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

@@ -1,0 +1,68 @@
+"""Deterministic locations of every pipeline output; dvc.yaml's ``outs`` name the same paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ris.config import FULL_DIM, Config
+
+
+def dim_label(dim: int | None) -> str:
+    """``100`` -> ``"100"``, ``None`` (full) -> ``"full"``: the folder name of a dimension."""
+    return FULL_DIM if dim is None else str(dim)
+
+
+@dataclass(frozen=True)
+class PipelinePaths:
+    """Where each stage reads and writes, relative to the working directory."""
+
+    cfg: Config
+
+    @property
+    def collection_dir(self) -> Path:
+        return Path(self.cfg.data.root) / self.cfg.data.name
+
+    @property
+    def images_dir(self) -> Path:
+        return self.collection_dir / "images"
+
+    @property
+    def image_table(self) -> Path:
+        return self.collection_dir / "images.parquet"
+
+    @property
+    def features_dir(self) -> Path:
+        return Path(self.cfg.paths.artifacts) / "features" / self.cfg.backbone.name
+
+    def reduced_dir(self, dim: int | None) -> Path:
+        return Path(self.cfg.paths.artifacts) / "reduced" / self.cfg.backbone.name / dim_label(dim)
+
+    def index_dir(self, dim: int | None, index: str) -> Path:
+        return Path(self.cfg.paths.artifacts) / "indexes" / self.cfg.backbone.name / dim_label(dim) / index
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.cfg.paths.reports)
+
+    @property
+    def data_report(self) -> Path:
+        return self.reports_dir / "data.json"
+
+    @property
+    def extract_report(self) -> Path:
+        return self.reports_dir / "extract" / f"{self.cfg.backbone.name}.json"
+
+    def metrics_file(self, dim: int | None, index: str) -> Path:
+        return self.reports_dir / "metrics" / self.cfg.backbone.name / f"{dim_label(dim)}-{index}.json"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temporary sibling, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(partial, path)

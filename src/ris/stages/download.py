@@ -1,0 +1,32 @@
+"""DVC stage `download`: fetch (or take a local copy of) the collection and write its image table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ris.config import Config
+from ris.data import prepare_collection
+from ris.paths import PipelinePaths, write_json_atomic
+from ris.stages._common import load_stage_config, parse_stage_args, timed
+
+
+def run(cfg: Config) -> dict:
+    """Prepare the collection and report what was kept and what was skipped (and why)."""
+    paths = PipelinePaths(cfg)
+    with timed("download"):
+        prepared = prepare_collection(cfg.data)
+    table = prepared.table
+    report = {"source": prepared.source, "images": len(table), "classes": int(table["class"].nunique()),
+              "skipped": len(prepared.skipped), "skipped_files": prepared.skipped,
+              "excluded_classes": cfg.data.exclude_classes,
+              "excluded_images": int(table["class"].isin(cfg.data.exclude_classes).sum())}
+    write_json_atomic(paths.data_report, report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run(load_stage_config(parse_stage_args("download", argv)))
+
+
+if __name__ == "__main__":
+    main()

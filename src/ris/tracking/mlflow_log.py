@@ -1,0 +1,57 @@
+"""Record evaluated variants in MLflow (an embedded local store unless MLFLOW_TRACKING_URI says otherwise)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ris.config import TrackingConfig
+
+log = logging.getLogger("ris.tracking")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The checked-out commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def log_variant_run(tracking: TrackingConfig, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
+                    tags: Mapping[str, str], artifacts: list[Path] | None = None) -> str | None:
+    """Log one run and return its id (None when tracking is disabled)."""
+    if not tracking.enabled:
+        return None
+    import mlflow  # imported here: it is slow to import and only this stage needs it
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri)
+    mlflow.set_experiment(tracking.experiment)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+        mlflow.set_tags(dict(tags))
+        for artifact in artifacts or []:
+            mlflow.log_artifact(str(artifact))
+    log.info("logged MLflow run %s (%s) to %s", run.info.run_id, run_name, mlflow.get_tracking_uri())
+    return run.info.run_id

@@ -1,0 +1,57 @@
+"""Shared fixtures: where the real Caltech101 copy and weight files are, and synthetic image collections."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REQUIRE_SHARED_ENV = "RIS_REQUIRE_SHARED"
+SHARED_DIR = Path(os.environ.get("RIS_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def _shared_or_skip(relative: str) -> Path:
+    """Return ``../shared/<relative>``; skip when absent, or fail when CI demands the real data."""
+    path = SHARED_DIR / relative
+    if path.exists():
+        return path
+    message = f"{path} not found: the real Caltech101 copy and weights live in ../shared (see README)"
+    if os.environ.get(REQUIRE_SHARED_ENV) == "1":
+        pytest.fail(f"{message}, and {REQUIRE_SHARED_ENV}=1 forbids skipping")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def caltech_dir() -> Path:
+    """The extracted ``101_ObjectCategories`` folder of the real dataset."""
+    return _shared_or_skip("data/caltech101/101_ObjectCategories")
+
+
+@pytest.fixture(scope="session")
+def shared_weights_dir() -> Path:
+    """Folder of real ImageNet-pretrained timm weights (safetensors)."""
+    return _shared_or_skip("weights")
+
+
+def make_image_tree(root: Path, classes: int = 3, per_class: int = 4, size: int = 48, seed: int = 0) -> Path:
+    """Write a class-per-folder JPEG collection whose classes differ in colour, so retrieval can succeed."""
+    rng = np.random.default_rng(seed)
+    for label in range(classes):
+        folder = root / f"class_{label:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.zeros(3)
+        base[label % 3] = 200 + 10 * (label // 3)
+        for item in range(per_class):
+            noise = rng.normal(0, 20, size=(size + item, size, 3))
+            pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"image_{item:04d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture()
+def image_tree(tmp_path: Path) -> Path:
+    """A small synthetic collection: 3 classes x 4 JPEGs."""
+    return make_image_tree(tmp_path / "images")

@@ -1,0 +1,100 @@
+"""`dvc repro` in a temporary copy of the repository, on a tiny synthetic collection with a tiny timm model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import make_image_tree
+
+from ris.cli import compose_params
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repo whose params point at a 4-class synthetic set; `dvc repro` has run in it once."""
+    work = tmp_path_factory.mktemp("repo")
+    for name in ("conf", "src", "dvc.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / name)
+    images = make_image_tree(tmp_path_factory.mktemp("collection"), classes=4, per_class=6)
+    compose_params([f"data.source_dir={images}", "data.exclude_classes=[class_03]", "backbone.name=test_efficientnet",
+                    "backbone.pretrained=false", "backbone.num_workers=0", "backbone.batch_size=8",
+                    "grid.dims=[full,8]", "eval.latency.queries=50", "eval.latency.warmup=5",
+                    "indexes.annoy.params.n_trees=5"], out=work / "params.yaml", conf_dir=work / "conf")
+    _run(["git", "init", "-q"], work)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], work)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], work)
+    _run(["dvc", "repro"], work)
+    return work
+
+
+def test_repro_writes_every_output(reproduced: Path) -> None:
+    data = json.loads((reproduced / "reports/data.json").read_text())
+    assert data["images"] == 24 and data["classes"] == 4 and data["excluded_images"] == 6
+    extract = json.loads((reproduced / "reports/extract/test_efficientnet.json").read_text())
+    assert extract["images"] == 18 and extract["images_per_second"] > 0
+    features = reproduced / "artifacts/features/test_efficientnet"
+    assert pd.read_parquet(features / "rows.parquet")["class"].nunique() == 3
+    for dim in ("full", "8"):
+        assert (reproduced / f"artifacts/reduced/test_efficientnet/{dim}/features.npy").exists()
+        for index in ("brute", "annoy"):
+            assert (reproduced / f"artifacts/indexes/test_efficientnet/{dim}/{index}/index.json").exists()
+    results = pd.read_csv(reproduced / "reports/results.csv")
+    assert sorted(zip(results["dim"].astype(str), results["index"])) == [
+        ("8", "annoy"), ("8", "brute"), ("full", "annoy"), ("full", "brute")]
+
+
+def test_metrics_are_sane_and_exact_search_has_full_recall(reproduced: Path) -> None:
+    for dim in ("full", "8"):
+        brute = json.loads((reproduced / f"reports/metrics/test_efficientnet/{dim}-brute.json").read_text())["metrics"]
+        annoy = json.loads((reproduced / f"reports/metrics/test_efficientnet/{dim}-annoy.json").read_text())["metrics"]
+        assert brute["recall_at_10_vs_exact"] == 1.0
+        assert 0.0 <= annoy["recall_at_10_vs_exact"] <= 1.0
+        for metrics in (brute, annoy):
+            assert 0.0 <= metrics["book_precision_at_4"] <= 1.0 and metrics["queries"] == 18
+            assert metrics["latency_p50_us"] <= metrics["latency_p95_us"] <= metrics["latency_p99_us"]
+    metrics_shown = _run(["dvc", "metrics", "show", "--json"], reproduced).stdout
+    assert "book_precision_at_4" in metrics_shown
+
+
+def test_mlflow_has_one_tagged_run_per_cell(reproduced: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{reproduced / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ris")
+    runs = client.search_runs([experiment.experiment_id])
+    cells = sorted((run.data.tags["dim"], run.data.tags["algorithm"]) for run in runs)
+    assert cells == [("8", "annoy"), ("8", "brute"), ("full", "annoy"), ("full", "brute")]
+    head = _run(["git", "rev-parse", "HEAD"], reproduced).stdout.strip()
+    for run in runs:
+        assert run.data.tags["backbone"] == "test_efficientnet"
+        assert run.data.tags["git_commit"].startswith(head)
+        assert "book_precision_at_4" in run.data.metrics and "latency_p50_us" in run.data.metrics
+        assert run.data.params["index.name"] == run.data.tags["algorithm"]
+
+
+def test_second_repro_is_a_no_op(reproduced: Path) -> None:
+    status = _run(["dvc", "status"], reproduced).stdout
+    assert "up to date" in status.lower()
