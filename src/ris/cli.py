@@ -25,7 +25,7 @@ def compose_params(overrides: Sequence[str], out: Path = Path("params.yaml"), co
     from omegaconf import OmegaConf
 
     from ris.config import load_config
-    from ris.run import CONF_DIR
+    from ris.paths import CONF_DIR
 
     with initialize_config_dir(config_dir=str((conf_dir or CONF_DIR).resolve()), version_base="1.3"):
         composed = compose(config_name="config", overrides=list(overrides))

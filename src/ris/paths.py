@@ -10,6 +10,9 @@ from typing import Any
 
 from ris.config import FULL_DIM, Config
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+"""The Hydra config root (the repository's ``conf/``; ris runs from a checkout, as DVC pipelines do)."""
+
 
 def dim_label(dim: int | None) -> str:
     """``100`` -> ``"100"``, ``None`` (full) -> ``"full"``: the folder name of a dimension."""

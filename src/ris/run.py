@@ -20,11 +20,9 @@ from ris.data import prepare_collection
 from ris.embed.store import FeatureSet, load_features, stored_key
 from ris.embed.extract import plan_extraction, run_extraction
 from ris.experiment import build_index, evaluate_variant, folder_bytes, single_variant, track_variant
-from ris.paths import PipelinePaths
+from ris.paths import CONF_DIR, PipelinePaths
 
 log = logging.getLogger("ris.run")
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def features_for(cfg: Config) -> FeatureSet:

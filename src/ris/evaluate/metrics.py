@@ -24,14 +24,17 @@ def leave_one_out_search(index: NearestNeighbourIndex, queries: np.ndarray, quer
 
 
 def precision_at_k(neighbour_ids: np.ndarray, query_labels: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Mean over queries of (same-class items among the first ``k`` neighbours) / ``k``."""
-    hits = labels[neighbour_ids[:, :k]] == query_labels[:, None]
+    """Mean over queries of (same-class items among the first ``k`` neighbours) / ``k``; a -1 pad is a miss."""
+    ids = neighbour_ids[:, :k]
+    hits = (labels[ids] == query_labels[:, None]) & (ids >= 0)  # labels[-1] would be the last item's label
     return float(hits.mean())
 
 
 def average_precision_at_r(neighbour_labels: np.ndarray, query_label: object, relevant: int) -> float:
     """AP@R of one query (Musgrave et al. 2020): mean of precision@i at each relevant rank i <= R, divided by R."""
-    hits = neighbour_labels[:relevant] == query_label
+    hits = np.zeros(relevant, dtype=bool)  # ranks past a short list (an index that found fewer) are misses
+    found = neighbour_labels[:relevant] == query_label
+    hits[:len(found)] = found
     precision_at_rank = np.cumsum(hits) / np.arange(1, relevant + 1)
     return float((precision_at_rank * hits).sum() / relevant)
 
@@ -48,7 +51,8 @@ def mean_average_precision_at_r(index: NearestNeighbourIndex, vectors: np.ndarra
         if relevant == 0:
             continue
         neighbours = leave_one_out_search(index, vectors[members], members, relevant)
-        scores.extend(average_precision_at_r(labels[row], label, relevant) for row in neighbours)
+        # -1 pads (fewer than R found) are dropped, not looked up: labels[-1] is a real item's label.
+        scores.extend(average_precision_at_r(labels[row[row >= 0]], label, relevant) for row in neighbours)
     return float(np.mean(scores))
 
 

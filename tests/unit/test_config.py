@@ -1,0 +1,133 @@
+"""The real conf/ composed with Hydra validates; bad keys and values are rejected naming the key; params.yaml
+matches conf/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from ris.cli import compose_params
+from ris.config import Config, ConfigError, check_dim, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO / "conf"
+BACKBONES = sorted(path.stem for path in (CONF_DIR / "backbone").glob("*.yaml"))
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """conf/ composed with ``overrides``, as `ris compose` and `ris run` do."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_default_composition_validates() -> None:
+    """The committed conf/ composes into a valid, typed configuration."""
+    cfg = load_config(_compose([]))
+    assert isinstance(cfg, Config)
+    assert cfg.index.name == "annoy" and set(cfg.indexes) == {"brute", "annoy"}
+    assert cfg.indexes["brute"].params == {"block_size": 1024}
+    assert cfg.reduce.dim == 100 and cfg.eval.protocol == "book"
+    assert cfg.eval.latency.queries > 0
+
+
+def test_backbones_found() -> None:
+    """The parametrisation below is not vacuous."""
+    assert "mobilenetv2_100" in BACKBONES and len(BACKBONES) >= 2
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_backbone_composes(backbone: str) -> None:
+    """Each conf/backbone file composes, validates, and names the timm model it is filed under."""
+    cfg = load_config(_compose([f"backbone={backbone}"]))
+    assert cfg.backbone.name == backbone
+
+
+@pytest.mark.parametrize("overrides", [["index=brute"], ["reduce=none"], ["reduce.dim=full"], ["reduce.dim=64"],
+                                       ["index.metric=angular", "grid.dims=[full,32,64]", "grid.indexes=[brute]"]])
+def test_valid_overrides(overrides: list[str]) -> None:
+    """Other groups and legal values pass too."""
+    load_config(_compose(overrides))
+
+
+@pytest.mark.parametrize("overrides, key, allowed", [
+    (["+reduce.dimm=3"], "reduce.dimm", None),
+    (["index.metric=cosine"], "index.metric", "euclidean, angular"),
+    (["index.name=faiss"], "index.name", "brute, annoy"),
+    (["reduce.method=lda"], "reduce.method", "pca, none"),
+    (["reduce.dim=0"], "reduce.dim", "full"),
+    (["reduce.dim=abc"], "reduce.dim", "full"),
+    (["reduce.dim=true"], "reduce.dim", "full"),
+    (["grid.dims=[full,-4]"], "grid.dims[1]", "full"),
+    (["grid.indexes=[faiss]"], "grid.indexes[0]", "brute, annoy"),
+    (["eval.protocol=nope"], "eval.protocol", "book"),
+    (["eval.k=0"], "eval.k", None),
+    (["eval.k=abc"], "eval.k", None),
+    (["+index.params.n_trees2=3"], "index.params.n_trees2", "n_trees, search_k, seed, build_threads"),
+    (["+indexes.brute.params.n_trees=3"], "indexes.brute.params.n_trees", "block_size"),
+])
+def test_bad_values_rejected(overrides: list[str], key: str, allowed: str | None) -> None:
+    """A bad key or value is a ConfigError naming the key, and the allowed values where they are a fixed set."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(_compose(overrides))
+    message = str(caught.value)
+    assert f"'{key}'" in message
+    if allowed is not None:
+        assert allowed in message
+
+
+def test_unknown_key_in_plain_dict() -> None:
+    """load_config also takes a plain dict (params.yaml) and names an unknown nested key."""
+    with pytest.raises(ConfigError, match=r"reduce\.dimm"):
+        load_config({"reduce": {"dimm": 3}})
+
+
+def test_indexes_entry_must_match_its_name() -> None:
+    """An entry of ``indexes`` filed under one algorithm's name must be that algorithm."""
+    raw: dict[str, Any] = {"indexes": {"annoy": {"name": "brute"}}}
+    with pytest.raises(ConfigError, match=r"indexes\.annoy\.name"):
+        load_config(raw)
+
+
+def test_data_source_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no URL, archive or folder (and no environment override) there is nothing to read images from."""
+    monkeypatch.delenv("RIS_DATA_ARCHIVE", raising=False)
+    monkeypatch.delenv("RIS_DATA_DIR", raising=False)
+    raw: dict[str, Any] = {"data": {"url": ""}, "indexes": {"brute": {"name": "brute"}, "annoy": {"name": "annoy"}}}
+    with pytest.raises(ConfigError, match=r"data\.url"):
+        load_config(raw)
+    monkeypatch.setenv("RIS_DATA_DIR", "/somewhere")
+    assert load_config(raw).data.url == ""
+
+
+@pytest.mark.parametrize("dim, expected", [("full", None), (None, None), (1, 1), (128, 128)])
+def test_check_dim_accepts(dim: Any, expected: int | None) -> None:
+    """'full' and None keep every dimension; positive integers pass through."""
+    assert check_dim("reduce.dim", dim) == expected
+
+
+@pytest.mark.parametrize("dim", [0, -3, True, "abc", 2.5, "100"])
+def test_check_dim_rejects(dim: Any) -> None:
+    """Anything but a positive int or 'full' is rejected, naming the key it came from."""
+    with pytest.raises(ConfigError, match=r"'grid\.dims\[2\]'.*positive integer or 'full'"):
+        check_dim("grid.dims[2]", dim)
+
+
+def test_params_yaml_matches_conf(tmp_path: Path) -> None:
+    """The committed params.yaml is exactly conf/ composed with no overrides (guards against drift)."""
+    written = compose_params([], out=tmp_path / "p.yaml")
+    composed = yaml.safe_load(written.read_text())
+    committed = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert composed == committed
+    assert "hydra" not in composed
+
+
+def test_compose_params_rejects_bad_override(tmp_path: Path) -> None:
+    """`ris compose` refuses to write a configuration that does not validate."""
+    with pytest.raises(ConfigError, match=r"index\.metric"):
+        compose_params(["index.metric=cosine"], out=tmp_path / "p.yaml", conf_dir=CONF_DIR)
+    assert not (tmp_path / "p.yaml").exists()

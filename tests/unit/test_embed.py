@@ -1,0 +1,117 @@
+"""Extraction under Lightning with timm's tiny test model: weights sources, the feature store, reuse."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from ris.config import BackboneConfig
+from ris.data import scan_images
+from ris.embed.extract import extract_features, plan_extraction, select_rows
+from ris.embed.store import load_features, stored_key
+from ris.embed.weights import WeightsUnavailableError, find_in_weights_dir, resolve_weights
+
+TINY = "test_efficientnet"
+
+
+def tiny_backbone(**overrides: object) -> BackboneConfig:
+    settings = {"name": TINY, "pretrained": False, "batch_size": 5, "num_workers": 0, **overrides}
+    return BackboneConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    """A weights folder holding a tiny model's state dict under timm's ``<model>.<tag>.safetensors`` naming."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(7)
+    model = timm.create_model(TINY, pretrained=False)
+    save_file(model.state_dict(), folder / f"{TINY}.r160_in1k.safetensors")
+    return folder, model
+
+
+def test_embeddings_are_row_aligned_normalised_and_match_the_model(image_tree: Path, tmp_path: Path,
+                                                                    tiny_weights: tuple[Path, torch.nn.Module]):
+    table, _ = scan_images(image_tree, progress=False)
+    folder, reference = tiny_weights
+    backbone = tiny_backbone(pretrained=True, weights_dir=str(folder))
+    features = extract_features(table, image_tree, backbone, tmp_path / "store", exclude_classes=["class_02"],
+                                progress=False)
+
+    assert features.embeddings.dtype == np.float32 and features.embeddings.shape[0] == 8
+    assert list(features.rows["class"].unique()) == ["class_00", "class_01"]
+    assert (features.rows["row"] == np.arange(8)).all()
+    np.testing.assert_allclose(np.linalg.norm(features.embeddings, axis=1), 1.0, rtol=1e-5)
+    assert features.meta["weights"]["kind"] == "file"
+
+    # Row 3's embedding is what the reference weights give for row 3's image with timm's eval preprocessing.
+    reference.reset_classifier(0)
+    reference.eval()
+    config = timm.data.resolve_model_data_config(reference)
+    transform = timm.data.create_transform(**config)
+    from PIL import Image
+
+    with Image.open(image_tree / features.rows["path"][3]) as image:
+        expected = reference(transform(image.convert("RGB"))[None])
+    expected = torch.nn.functional.normalize(expected, dim=1)[0].detach().numpy()
+    np.testing.assert_allclose(features.embeddings[3], expected, atol=1e-5)
+
+
+def test_store_is_reused_by_key_and_recomputed_when_the_key_changes(image_tree: Path, tmp_path: Path):
+    table, _ = scan_images(image_tree, progress=False)
+    store = tmp_path / "store"
+    first = extract_features(table, image_tree, tiny_backbone(), store, progress=False)
+    modified = (store / "embeddings.npy").stat().st_mtime_ns
+    time.sleep(0.01)
+    again = extract_features(table, image_tree, tiny_backbone(), store, progress=False)
+    assert (store / "embeddings.npy").stat().st_mtime_ns == modified
+    assert again.meta["key"] == first.meta["key"] == stored_key(store)
+
+    unnormalised = extract_features(table, image_tree, tiny_backbone(normalize=False), store, progress=False)
+    assert unnormalised.meta["key"] != first.meta["key"]
+    assert not np.allclose(np.linalg.norm(unnormalised.embeddings, axis=1), 1.0)
+    assert load_features(store).meta["key"] == unnormalised.meta["key"]
+
+
+def test_key_depends_on_the_images(image_tree: Path):
+    table, _ = scan_images(image_tree, progress=False)
+    full = plan_extraction(table, tiny_backbone())
+    fewer = plan_extraction(table, tiny_backbone(), exclude_classes=["class_00"])
+    changed = table.assign(sha256=table["sha256"].where(table.index != 0, "0" * 64))
+    assert len({full.key, fewer.key, plan_extraction(changed, tiny_backbone()).key}) == 3
+
+
+def test_select_rows_excludes_classes_and_sorts():
+    table = pd.DataFrame({"path": ["b/2.jpg", "a/1.jpg", "BACKGROUND/x.jpg"], "class": ["b", "a", "BACKGROUND"],
+                          "sha256": ["2", "1", "x"], "width": [1, 1, 1], "height": [1, 1, 1]})
+    rows = select_rows(table, ["BACKGROUND"])
+    assert list(rows["path"]) == ["a/1.jpg", "b/2.jpg"] and list(rows.columns) == ["path", "class", "sha256"]
+
+
+def test_weights_file_and_dir_resolve_to_the_file(tiny_weights: tuple[Path, torch.nn.Module]):
+    folder, _ = tiny_weights
+    from_dir = resolve_weights(tiny_backbone(pretrained=True), environ={"RIS_WEIGHTS_DIR": str(folder)})
+    file = find_in_weights_dir(folder, TINY)
+    from_file = resolve_weights(tiny_backbone(pretrained=True, weights_file=str(file)), environ={})
+    assert from_dir.kind == from_file.kind == "file" and from_dir.file == from_file.file == file
+    assert from_dir.identity.startswith("sha256:")
+    assert find_in_weights_dir(folder, "resnet50") is None
+
+
+def test_missing_weights_fail_at_once_saying_what_to_provide(tmp_path: Path):
+    with pytest.raises(WeightsUnavailableError) as error:
+        resolve_weights(tiny_backbone(pretrained=True, weights_dir=str(tmp_path)), environ={"HF_HUB_OFFLINE": "1"})
+    message = str(error.value)
+    assert "backbone.weights_file" in message and "RIS_WEIGHTS_DIR" in message and TINY in message
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        resolve_weights(tiny_backbone(pretrained=True, weights_file=str(tmp_path / "nope.safetensors")), environ={})
+
+
+def test_random_init_needs_no_weights():
+    assert resolve_weights(tiny_backbone(), environ={"HF_HUB_OFFLINE": "1"}).kind == "random"

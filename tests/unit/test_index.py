@@ -1,0 +1,194 @@
+"""Nearest-neighbour indexes on synthetic vectors: exact search against numpy, Annoy against exact, persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ris.config import ConfigError
+from ris.evaluate import recall_against_exact
+from ris.index import INDEX_CLASSES, AnnoyIndex, BruteForceIndex, index_class, load_index
+from ris.index.base import NearestNeighbourIndex
+
+DIM = 16
+
+
+def _gaussian(rows: int, seed: int, dim: int = DIM) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+
+
+def _clustered(rows: int, seed: int, clusters: int = 20, spread: float = 1.0) -> np.ndarray:
+    """Points around fixed, well separated centres (the centres do not depend on ``seed``)."""
+    centres = np.random.default_rng(12345).normal(0.0, 10.0, size=(clusters, DIM))
+    rng = np.random.default_rng(seed)
+    return (centres[rng.integers(0, clusters, rows)] + rng.normal(0.0, spread, (rows, DIM))).astype(np.float32)
+
+
+def _naive(gallery: np.ndarray, queries: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Full float64 distance matrix, every row argsorted: the reference exact search."""
+    gallery, queries = gallery.astype(np.float64), queries.astype(np.float64)
+    if metric == "angular":
+        gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    full = np.linalg.norm(queries[:, None, :] - gallery[None, :, :], axis=2)
+    order = np.argsort(full, axis=1)
+    return order, np.take_along_axis(full, order, axis=1)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "angular"])
+@pytest.mark.parametrize("block_size", [1024, 7])
+def test_brute_equals_naive_argsort(metric: str, block_size: int) -> None:
+    """Exact search returns the numpy argsort of the full distance matrix (one block and many blocks)."""
+    gallery, queries = _gaussian(120, seed=1), _gaussian(30, seed=2)
+    k = 10
+    expected_ids, expected_distances = _naive(gallery, queries, metric)
+    # Precondition on the data: gaps among the first k + 1 far above float32 rounding (~1e-6), so the order is unique.
+    assert np.diff(expected_distances[:, :k + 1], axis=1).min() > 2e-5
+
+    ids, distances = BruteForceIndex.build(gallery, metric, block_size=block_size).search(queries, k)
+
+    assert ids.shape == distances.shape == (30, k)
+    assert ids.dtype == np.int64 and distances.dtype == np.float32
+    np.testing.assert_array_equal(ids, expected_ids[:, :k])
+    np.testing.assert_allclose(distances, expected_distances[:, :k], rtol=1e-4, atol=1e-4)
+    assert np.all(np.diff(distances, axis=1) >= 0)  # nearest first
+
+
+def test_brute_whole_gallery_is_sorted() -> None:
+    """k equal to the gallery size (no argpartition) still orders every item nearest first."""
+    gallery, queries = _gaussian(25, seed=3), _gaussian(4, seed=4)
+    ids, distances = BruteForceIndex.build(gallery).search(queries, 25)
+    expected_ids, expected_distances = _naive(gallery, queries, "euclidean")
+    assert np.diff(expected_distances, axis=1).min() > 2e-5  # no near-ties in the data
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(distances, expected_distances, rtol=1e-4, atol=1e-4)
+
+
+def test_brute_single_query_vector_and_self_match() -> None:
+    """A 1-D query is one row; a gallery vector finds itself first at distance 0."""
+    gallery = _gaussian(40, seed=5)
+    ids, distances = BruteForceIndex.build(gallery).search(gallery[17], 3)
+    assert ids.shape == (1, 3)
+    assert ids[0, 0] == 17
+    assert distances[0, 0] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_angular_ignores_vector_length() -> None:
+    """Angular search is scale-free: scaling queries or gallery rows changes nothing."""
+    gallery, queries = _gaussian(50, seed=6), _gaussian(5, seed=7)
+    scales = np.random.default_rng(8).uniform(0.1, 10.0, size=(50, 1)).astype(np.float32)
+    ids, distances = BruteForceIndex.build(gallery, "angular").search(queries, 5)
+    scaled_ids, scaled_distances = BruteForceIndex.build(gallery * scales, "angular").search(queries * 3.0, 5)
+    np.testing.assert_array_equal(ids, scaled_ids)
+    np.testing.assert_allclose(distances, scaled_distances, rtol=1e-4, atol=1e-5)
+    assert distances.max() <= 2.0 + 1e-5  # chord length between unit vectors
+
+
+@pytest.mark.parametrize("cls", [BruteForceIndex, AnnoyIndex])
+def test_k_larger_than_gallery_pads(cls: type[NearestNeighbourIndex]) -> None:
+    """Asking for more neighbours than exist fills the tail with id -1 and distance inf."""
+    gallery = _gaussian(5, seed=9)
+    ids, distances = cls.build(gallery).search(gallery[:2], 8)
+    assert ids.shape == distances.shape == (2, 8)
+    for row in range(2):
+        assert sorted(ids[row, :5]) == [0, 1, 2, 3, 4]
+        assert ids[row, 0] == row
+    assert np.all(ids[:, 5:] == -1)
+    assert np.all(np.isinf(distances[:, 5:]))
+    assert np.all(np.isfinite(distances[:, :5]))
+
+
+@pytest.mark.parametrize("cls", [BruteForceIndex, AnnoyIndex])
+def test_incremental_add_continues_ids(cls: type[NearestNeighbourIndex]) -> None:
+    """Vectors added later get ids after the earlier ones, as if added in one call."""
+    gallery = _gaussian(50, seed=10)
+    index = cls(DIM)
+    index.add(gallery[:30])
+    index.add(gallery[30:])
+    index.finalize()
+    assert len(index) == 50
+    ids, distances = index.search(gallery[[3, 41, 49]], 1)
+    np.testing.assert_array_equal(ids[:, 0], [3, 41, 49])
+    np.testing.assert_allclose(distances[:, 0], 0.0, atol=1e-3)
+
+
+def test_brute_add_after_load_continues_ids(tmp_path: Path) -> None:
+    """A loaded (memory-mapped) brute index still accepts more vectors, numbered after the saved ones."""
+    gallery = _gaussian(30, seed=11)
+    BruteForceIndex.build(gallery[:20]).save(tmp_path / "brute")
+    index = load_index(tmp_path / "brute")
+    index.add(gallery[20:])
+    assert len(index) == 30
+    ids, _ = index.search(gallery[[5, 25]], 1)
+    np.testing.assert_array_equal(ids[:, 0], [5, 25])
+
+
+@pytest.mark.parametrize("cls, params", [(BruteForceIndex, {"block_size": 16}),
+                                         (AnnoyIndex, {"n_trees": 5, "search_k": 200, "seed": 3})])
+@pytest.mark.parametrize("metric", ["euclidean", "angular"])
+def test_save_load_round_trip(tmp_path: Path, cls: type[NearestNeighbourIndex], params: dict, metric: str) -> None:
+    """Results after :func:`load_index` equal those before; the description names class, metric and settings."""
+    gallery, queries = _clustered(200, seed=12), _clustered(20, seed=13)
+    index = cls.build(gallery, metric, **params)
+    before = index.search(queries, 7)
+    index.save(tmp_path / "index")
+
+    description = json.loads((tmp_path / "index" / "index.json").read_text())
+    assert description["name"] == cls.name
+    assert description["metric"] == metric
+    assert description["size"] == 200 and description["dim"] == DIM
+    assert description["params"] == {**cls.defaults, **params}
+
+    loaded = load_index(tmp_path / "index")
+    assert type(loaded) is cls
+    assert (len(loaded), loaded.dim, loaded.metric, loaded.params) == (200, DIM, metric, index.params)
+    after = loaded.search(queries, 7)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+
+
+def test_registry() -> None:
+    """Every index is registered under its name; an unknown name is a KeyError listing the known ones."""
+    assert index_class("brute") is BruteForceIndex
+    assert index_class("annoy") is AnnoyIndex
+    assert set(INDEX_CLASSES) == {"brute", "annoy"}
+    with pytest.raises(KeyError, match="brute, annoy"):
+        index_class("faiss")
+
+
+def test_annoy_recall_on_clustered_data() -> None:
+    """With enough trees Annoy finds nearly all exact top-10 neighbours; one tree and a tiny search_k find far fewer."""
+    gallery, queries = _clustered(1000, seed=14), _clustered(100, seed=15)
+    exact, _ = BruteForceIndex.build(gallery).search(queries, 10)
+
+    many, many_distances = AnnoyIndex.build(gallery, n_trees=50, seed=0).search(queries, 10)
+    few, _ = AnnoyIndex.build(gallery, n_trees=1, search_k=10, seed=0).search(queries, 10)
+    recall_many = recall_against_exact(many, exact)
+    recall_few = recall_against_exact(few, exact)
+
+    assert recall_many > 0.95
+    assert recall_few < recall_many - 0.2
+    assert np.all(np.diff(many_distances, axis=1) >= 0)  # nearest first
+
+
+def test_annoy_distances_match_brute() -> None:
+    """Annoy's euclidean and angular distances agree with exact search for the neighbours both find."""
+    gallery, queries = _clustered(300, seed=16), _clustered(10, seed=17)
+    for metric in ("euclidean", "angular"):
+        exact_ids, exact_distances = BruteForceIndex.build(gallery, metric).search(queries, 5)
+        ids, distances = AnnoyIndex.build(gallery, metric, n_trees=50, search_k=10_000).search(queries, 5)
+        np.testing.assert_array_equal(ids, exact_ids)  # search_k covers the whole gallery: exact
+        np.testing.assert_allclose(distances, exact_distances, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("cls, bad", [(BruteForceIndex, "n_trees"), (AnnoyIndex, "n_trees2")])
+def test_unknown_params_rejected(cls: type[NearestNeighbourIndex], bad: str) -> None:
+    """A setting the algorithm does not have is a ConfigError naming the key and the allowed settings."""
+    with pytest.raises(ConfigError) as caught:
+        cls.build(_gaussian(10, seed=18), **{bad: 3})
+    message = str(caught.value)
+    assert f"index.params.{bad}" in message
+    assert all(name in message for name in cls.defaults)

@@ -1,0 +1,234 @@
+"""Retrieval metrics on hand-computed cases, leave-one-out search, latency measurement and the book protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from ris.config import EvalConfig, LatencyConfig
+from ris.evaluate import PROTOCOLS, evaluate_book, leave_one_out_search, mean_average_precision_at_r, \
+    measure_latency, precision_at_k, recall_against_exact
+from ris.evaluate.metrics import average_precision_at_r
+from ris.index import AnnoyIndex, BruteForceIndex
+from ris.index.base import NearestNeighbourIndex
+
+# Six points on a line; the gaps 1, 2, 4, 8, 16 make every point's distances to the others distinct (no ties).
+LINE = np.array([0.0, 1.0, 3.0, 7.0, 15.0, 31.0], dtype=np.float32)[:, None]
+LINE_LABELS = np.array(["A", "A", "B", "A", "B", "B"])
+# Neighbours of each point, nearest first, itself excluded (label in brackets):
+#   0 (A): 1(A) 3(B) 7(A) 15(B) 31(B)
+#   1 (A): 0(A) 3(B) 7(A) 15(B) 31(B)
+#   3 (B): 1(A) 0(A) 7(A) 15(B) 31(B)
+#   7 (A): 3(B) 1(A) 0(A) 15(B) 31(B)
+#  15 (B): 7(A) 3(B) 1(A) 0(A) 31(B)
+#  31 (B): 15(B) 7(A) 3(B) 1(A) 0(A)
+LINE_NEIGHBOURS = np.array([[1, 2, 3, 4, 5], [0, 2, 3, 4, 5], [1, 0, 3, 4, 5],
+                            [2, 1, 0, 4, 5], [3, 2, 1, 0, 5], [4, 3, 2, 1, 0]])
+
+
+class FixedIndex(NearestNeighbourIndex):
+    """Returns preset neighbour rows whatever the query (to force cases a real index rarely produces)."""
+
+    name: ClassVar[str] = "fixed"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, rows: np.ndarray) -> None:
+        super().__init__(dim=1)
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def add(self, vectors: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return int(self.rows.max()) + 1
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.rows[:len(queries), :k]
+        return ids, np.zeros(ids.shape, dtype=np.float32)
+
+    def _save_data(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def _load_data(self, folder: Path) -> None:
+        raise NotImplementedError
+
+
+class CountingIndex(BruteForceIndex):
+    """Exact search that records the shape of every query batch and the k asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[int, int]] = []
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.calls.append((np.atleast_2d(queries).shape[0], k))
+        return super().search(queries, k)
+
+
+def _clusters(classes: int, per_class: int, dim: int = 8, spread: float = 0.05, seed: int = 0) -> tuple[np.ndarray,
+                                                                                                         np.ndarray]:
+    """Tight clusters around far-apart centres, and their labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 10.0, size=(classes, dim))
+    labels = np.repeat(np.arange(classes), per_class)
+    return (centres[labels] + rng.normal(0.0, spread, (len(labels), dim))).astype(np.float32), labels
+
+
+def _eval_cfg(**latency: Any) -> EvalConfig:
+    return EvalConfig(k=4, recall_k=5, latency=LatencyConfig(**{"queries": 20, "warmup": 2, "k": 4, **latency}))
+
+
+def test_leave_one_out_on_the_line() -> None:
+    """Brute search with the query itself removed gives the neighbour lists worked out by hand above."""
+    index = BruteForceIndex.build(LINE)
+    neighbours = leave_one_out_search(index, LINE, np.arange(6), 5)
+    np.testing.assert_array_equal(neighbours, LINE_NEIGHBOURS)
+
+
+def test_precision_on_the_line() -> None:
+    """P@1 and P@4 of the six-point line, computed by hand from the table above."""
+    neighbours = leave_one_out_search(BruteForceIndex.build(LINE), LINE, np.arange(6), 4)
+    # P@1: first neighbours 1(A) 0(A) 1(A) 3(B) 7(A) 15(B) against A A B A B B -> hits 1 1 0 0 0 1 -> 3/6.
+    assert precision_at_k(neighbours, LINE_LABELS, LINE_LABELS, 1) == pytest.approx(1 / 2, abs=1e-12)
+    # P@4: same-class hits in the first four: 2, 2, 1, 2, 1, 2 -> (10 / 4) / 6 = 5/12.
+    assert precision_at_k(neighbours, LINE_LABELS, LINE_LABELS, 4) == pytest.approx(5 / 12, abs=1e-12)
+
+
+def test_map_at_r_on_the_line() -> None:
+    """MAP@R of the line: both classes have 3 members, so R = 2 for every query.
+
+    AP@R = (1/R) sum_{i<=R} P@i * rel_i:
+      0 (A): A B -> (1*1 + 0) / 2 = 1/2      1 (A): A B -> 1/2          7 (A): B A -> (0 + 1/2*1) / 2 = 1/4
+      3 (B): A A -> 0                       15 (B): A B -> (0 + 1/2) / 2 = 1/4     31 (B): B A -> 1/2
+    Mean: (1/2 + 1/2 + 1/4 + 0 + 1/4 + 1/2) / 6 = 2/6 = 1/3.
+    """
+    index = BruteForceIndex.build(LINE)
+    assert mean_average_precision_at_r(index, LINE, LINE_LABELS) == pytest.approx(1 / 3, abs=1e-12)
+
+
+def test_map_at_r_skips_singleton_classes() -> None:
+    """A class with one member has no relevant item; it is left out, not scored 0 or NaN.
+
+    The extra point at 100 is the farthest from every other point, so the R = 2 lists of the line do not change.
+    """
+    points = np.vstack([LINE, [[100.0]]]).astype(np.float32)
+    labels = np.append(LINE_LABELS, "C")
+    assert mean_average_precision_at_r(BruteForceIndex.build(points), points, labels) == pytest.approx(1 / 3,
+                                                                                                       abs=1e-12)
+
+
+@pytest.mark.parametrize("ranked, relevant, expected", [
+    (["q", "x", "q"], 2, 1 / 2),  # relevant at ranks 1 and 3; rank 3 is past R: (1*1 + 1/2*0) / 2
+    (["x", "q", "q"], 2, 1 / 4),  # relevant at ranks 2 and 3: (0 + 1/2*1) / 2
+    (["q", "x", "q", "q"], 3, 5 / 9),  # ranks 1, 3 in R = 3: (1 + 2/3) / 3
+    (["q", "q", "x"], 2, 1.0),  # perfect ranking
+    (["x", "x", "q", "q"], 2, 0.0),  # nothing relevant within R
+])
+def test_average_precision_at_r_known_rankings(ranked: list[str], relevant: int, expected: float) -> None:
+    """AP@R per Musgrave et al. (2020) on rankings worked out by hand."""
+    assert average_precision_at_r(np.array(ranked), "q", relevant) == pytest.approx(expected, abs=1e-12)
+
+
+def test_leave_one_out_removes_self_wherever_it_is() -> None:
+    """The query's own id is removed from any rank; the remaining order is kept."""
+    index = FixedIndex(np.array([[5, 0, 7, 8], [1, 4, 6, 9], [3, 4, 6, 2]]))
+    neighbours = leave_one_out_search(index, np.zeros((3, 1)), np.array([0, 1, 2]), 3)
+    np.testing.assert_array_equal(neighbours, [[5, 7, 8], [4, 6, 9], [3, 4, 6]])
+
+
+def test_leave_one_out_drops_last_when_self_is_missing() -> None:
+    """When the index does not return the query itself, the (k+1)-th neighbour is dropped instead."""
+    index = FixedIndex(np.array([[3, 4, 6], [2, 5, 1], [9, 8, 7]]))
+    neighbours = leave_one_out_search(index, np.zeros((3, 1)), np.array([0, 1, 7]), 2)
+    # Query 0 misses itself (drop 6); query 1 finds itself at rank 3 (drop it); query 7 finds itself last.
+    np.testing.assert_array_equal(neighbours, [[3, 4], [2, 5], [9, 8]])
+
+
+def test_padding_is_never_a_hit() -> None:
+    """An id of -1 (an index that found fewer than k) counts as a miss, not as the last item (labels[-1])."""
+    labels = np.array([0, 0, 1, 1, 0])  # the last item shares query 0's label
+    assert precision_at_k(np.array([[1, -1]]), labels[:1], labels, 2) == 0.5
+    assert precision_at_k(np.array([[-1, -1]]), labels[:1], labels, 2) == 0.0
+
+
+def test_map_at_r_with_short_neighbour_lists() -> None:
+    """MAP@R scores missing neighbours as misses: one class of 3 (R = 2), lists padded with -1.
+
+    Query 0: [1, -1] -> (1 + 0) / 2 = 1/2; query 1: [-1, -1] -> 0; query 2: [0, 1] -> 1. Mean 1/2.
+    """
+    index = FixedIndex(np.array([[0, 1, -1], [1, -1, -1], [2, 0, 1]]))
+    labels = np.array(["A", "A", "A"])
+    assert mean_average_precision_at_r(index, np.zeros((3, 1)), labels) == pytest.approx(1 / 2, abs=1e-12)
+    assert average_precision_at_r(np.array(["q"]), "q", 2) == pytest.approx(1 / 2, abs=1e-12)
+
+
+def test_recall_against_exact() -> None:
+    """Shared ids per query over k, averaged; order does not matter."""
+    approximate = np.array([[1, 2, 3], [4, 5, 6]])
+    exact = np.array([[1, 2, 9], [6, 5, 4]])
+    assert recall_against_exact(approximate, exact) == pytest.approx((2 / 3 + 3 / 3) / 2, abs=1e-12)
+    assert recall_against_exact(exact, exact) == 1.0
+    assert recall_against_exact(np.array([[7, 8, 0]]), np.array([[1, 2, 3]])) == 0.0
+
+
+def test_measure_latency_shape_and_calls() -> None:
+    """One single-row search per timed query after the warm-up, with the configured k; ordered percentiles."""
+    vectors, _ = _clusters(3, 5)
+    index = CountingIndex.build(vectors)
+    cfg = LatencyConfig(queries=40, warmup=3, k=2, threads=1, seed=0)  # more queries than rows: with replacement
+    result = measure_latency(index, vectors, cfg)
+
+    assert index.calls == [(1, 2)] * (3 + 40)
+    assert result["latency_queries"] == 40
+    assert result["latency_threads"] == 1
+    assert 0 < result["latency_p50_us"] <= result["latency_p95_us"] <= result["latency_p99_us"]
+    assert result["latency_mean_us"] > 0
+    assert result["qps"] == pytest.approx(1e6 / result["latency_mean_us"])
+
+
+def test_evaluate_book_separated_clusters_brute() -> None:
+    """Perfectly separated classes: every precision, MAP@R and recall is 1 for exact search."""
+    vectors, labels = _clusters(4, 8)
+    index = BruteForceIndex.build(vectors)
+    metrics = evaluate_book(index, vectors, labels, _eval_cfg())
+
+    assert metrics["book_precision_at_4"] == 1.0
+    assert metrics["book_precision_at_1"] == 1.0
+    assert metrics["book_map_at_r"] == 1.0
+    assert metrics["recall_at_5_vs_exact"] == 1.0
+    assert metrics["latency_queries"] == 20
+    assert (metrics["queries"], metrics["gallery_size"], metrics["classes"]) == (32, 32, 4)
+    assert PROTOCOLS["book"] is evaluate_book
+
+
+def test_evaluate_book_annoy_matches_exact_on_easy_data() -> None:
+    """On separated clusters an Annoy index that inspects the whole gallery also scores 1 everywhere."""
+    vectors, labels = _clusters(4, 8)
+    index = AnnoyIndex.build(vectors, n_trees=10, search_k=10_000)
+    metrics = evaluate_book(index, vectors, labels, _eval_cfg())
+    assert metrics["book_precision_at_4"] == 1.0
+    assert metrics["book_map_at_r"] == 1.0
+    assert metrics["recall_at_5_vs_exact"] == 1.0
+
+
+def test_evaluate_book_recall_of_poor_annoy_is_below_one() -> None:
+    """Recall is measured against exact search, not assumed: a one-tree Annoy with a tiny search_k misses some."""
+    vectors, labels = _clusters(10, 30, dim=16, spread=5.0, seed=1)
+    index = AnnoyIndex.build(vectors, n_trees=1, search_k=1)
+    metrics = evaluate_book(index, vectors, labels, _eval_cfg())
+    assert metrics["recall_at_5_vs_exact"] < 0.9
+
+
+def test_evaluate_book_random_labels_low_precision() -> None:
+    """Labels unrelated to the vectors give precision near chance (1/4 with four classes), far below 1."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(80, 8)).astype(np.float32)
+    labels = rng.integers(0, 4, size=80)
+    metrics = evaluate_book(BruteForceIndex.build(vectors), vectors, labels, _eval_cfg())
+    assert metrics["book_precision_at_4"] < 0.5
+    assert metrics["book_precision_at_1"] < 0.5
+    assert metrics["book_map_at_r"] < 0.5
+    assert metrics["recall_at_5_vs_exact"] == 1.0  # still exact search

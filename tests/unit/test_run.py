@@ -1,0 +1,75 @@
+"""`ris run`: one variant per Hydra job, sweeps with -m, one MLflow run per job, features extracted once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_image_tree
+
+from ris.cli import compose_params, main
+from ris.config import ConfigError
+
+
+def _tiny_overrides(images: Path) -> list[str]:
+    return [f"data.source_dir={images}", "data.exclude_classes=[]", "backbone.name=test_efficientnet",
+            "backbone.pretrained=false", "backbone.num_workers=0", "backbone.batch_size=6",
+            "eval.latency.queries=20", "eval.latency.warmup=2",
+            "hydra.sweep.dir=multirun", "hydra.run.dir=outputs"]
+
+
+def test_multirun_sweeps_dims_and_indexes_into_one_mlflow_run_each(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    images = make_image_tree(tmp_path / "collection", classes=3, per_class=5)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    main(["run", "-m", "reduce.dim=4,8", "index=annoy,brute", *_tiny_overrides(images)])
+
+    stores = list((tmp_path / "artifacts/cache/features/test_efficientnet").iterdir())
+    assert len(stores) == 1  # four jobs, one extraction
+    meta = stores[0] / "meta.json"
+    extracted_at = meta.stat().st_mtime_ns
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ris").experiment_id])
+    assert sorted((run.data.tags["dim"], run.data.tags["algorithm"]) for run in runs) == [
+        ("4", "annoy"), ("4", "brute"), ("8", "annoy"), ("8", "brute")]
+    for run in runs:
+        assert run.data.tags["source"] == "hydra" and run.data.metrics["vector_dim"] == int(run.data.tags["dim"])
+        assert 0.0 <= run.data.metrics["book_precision_at_4"] <= 1.0
+        assert run.data.params["features.key"] == stores[0].name
+    brute_recalls = [run.data.metrics["recall_at_10_vs_exact"] for run in runs if run.data.tags["algorithm"] == "brute"]
+    assert brute_recalls == [1.0, 1.0]
+
+    main(["run", "reduce=none", "index=brute", *_tiny_overrides(images)])  # a later single run reuses the store
+    assert meta.stat().st_mtime_ns == extracted_at
+    assert len(client.search_runs([client.get_experiment_by_name("ris").experiment_id])) == 5
+
+
+def test_bad_value_is_rejected_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):  # Hydra reports the error and exits 1
+        main(["run", "index.metric=cosine", "hydra.run.dir=outputs"])
+    assert "config key 'index.metric' is 'cosine'; allowed values: euclidean, angular" in capfd.readouterr().err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "artifacts").exists()
+
+
+def test_stage_rejects_unknown_key_in_params_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = compose_params([], out=tmp_path / "params.yaml")
+    raw = yaml.safe_load(params.read_text())
+    raw["reduce"]["dimm"] = 3
+    params.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="reduce.dimm"):
+        main(["stage", "download", "--params", str(params)])
+    assert not (tmp_path / "data").exists() and not (tmp_path / "reports").exists()
+
+
+def test_compose_writes_overrides_into_params(tmp_path: Path) -> None:
+    out = compose_params(["backbone=tf_efficientnet_lite0", "grid.dims=[full,32]"], out=tmp_path / "params.yaml")
+    raw = yaml.safe_load(out.read_text())
+    assert raw["backbone"]["name"] == "tf_efficientnet_lite0" and raw["grid"]["dims"] == ["full", 32]
