@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import make_image_tree
 
 from ris.cli import compose_params
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
+# A tiny timm model with random weights, small latency samples: the real code path in seconds.
+TINY_OVERRIDES = ["data.exclude_classes=[class_03]", "backbone.name=test_efficientnet", "backbone.pretrained=false",
+                  "backbone.num_workers=0", "backbone.batch_size=8", "eval.latency.queries=50",
+                  "eval.latency.warmup=5", "indexes.annoy.params.n_trees=5"]
 
 
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -39,10 +44,8 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, work / name)
     images = make_image_tree(tmp_path_factory.mktemp("collection"), classes=4, per_class=6)
-    compose_params([f"data.source_dir={images}", "data.exclude_classes=[class_03]", "backbone.name=test_efficientnet",
-                    "backbone.pretrained=false", "backbone.num_workers=0", "backbone.batch_size=8",
-                    "grid.dims=[full,8]", "eval.latency.queries=50", "eval.latency.warmup=5",
-                    "indexes.annoy.params.n_trees=5"], out=work / "params.yaml", conf_dir=work / "conf")
+    compose_params([f"data.source_dir={images}", *TINY_OVERRIDES, "grid.dims=[full,8]"], out=work / "params.yaml",
+                   conf_dir=work / "conf")
     _run(["git", "init", "-q"], work)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], work)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], work)
@@ -98,3 +101,13 @@ def test_mlflow_has_one_tagged_run_per_cell(reproduced: Path) -> None:
 def test_second_repro_is_a_no_op(reproduced: Path) -> None:
     status = _run(["dvc", "status"], reproduced).stdout
     assert "up to date" in status.lower()
+
+
+def test_dvc_exp_run_recomposes_params_with_hydra_and_reuses_cached_stages(reproduced: Path) -> None:
+    source_dir = yaml.safe_load((reproduced / "params.yaml").read_text())["data"]["source_dir"]
+    overrides = [f"data.source_dir={source_dir}", *TINY_OVERRIDES, "grid.dims=[full,4]"]
+    log = _run(["dvc", "exp", "run", *[arg for override in overrides for arg in ("-S", override)]], reproduced).stdout
+    assert yaml.safe_load((reproduced / "params.yaml").read_text())["grid"]["dims"] == ["full", 4]
+    assert "Running stage 'extract'" not in log and "Running stage 'reduce@4'" in log
+    assert (reproduced / "reports/metrics/test_efficientnet/4-annoy.json").exists()
+    assert "| 4 " in (reproduced / "reports/results.md").read_text()
