@@ -44,7 +44,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if command == "stage":
         if not rest or rest[0] not in STAGES:
             sys.exit(f"ris stage: name one of {', '.join(STAGES)}")
-        importlib.import_module(f"ris.stages.{rest[0]}").main(rest[1:])
+        from ris.errors import UserFacingError
+
+        try:
+            importlib.import_module(f"ris.stages.{rest[0]}").main(rest[1:])
+        except UserFacingError as error:
+            # Problems the user fixes in config or environment: the message, not a traceback.
+            sys.exit(f"ris stage {rest[0]}: {error}")
     elif command == "run":
         from ris.run import hydra_main
 

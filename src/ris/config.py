@@ -14,11 +14,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ris.errors import UserFacingError
+
 FULL_DIM = "full"
 """Value of ``reduce.dim`` that keeps the backbone's full embedding."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     """A configuration key holds a value the pipeline cannot use."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ris.errors import UserFacingError
+
 logger = logging.getLogger("ris.data")
 
 CHUNK_BYTES = 1 << 20
@@ -30,11 +32,11 @@ _HINT = (
 )
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(UserFacingError, RuntimeError):
     """A file's md5 differs from the expected one."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserFacingError, RuntimeError):
     """A download failed after every allowed attempt."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import timm
 
 from ris.config import BackboneConfig
+from ris.errors import UserFacingError
 
 log = logging.getLogger("ris.embed")
 
@@ -21,7 +22,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 HUB_HOST = ("huggingface.co", 443)
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserFacingError, RuntimeError):
     """No source of pretrained weights can be reached; the message says what to provide."""
 
 
