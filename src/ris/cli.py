@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +31,10 @@ def compose_params(overrides: Sequence[str], out: Path = Path("params.yaml"), co
     with initialize_config_dir(config_dir=str((conf_dir or CONF_DIR).resolve()), version_base="1.3"):
         composed = compose(config_name="config", overrides=list(overrides))
     OmegaConf.resolve(composed)
-    load_config(composed)  # reject a bad composition before writing it
-    out.write_text(OmegaConf.to_yaml(composed))
+    load_config(composed, check_model=True)  # reject a bad composition before writing it
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(OmegaConf.to_yaml(composed))
+    os.replace(partial, out)
     return out
 
 

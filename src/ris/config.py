@@ -64,7 +64,6 @@ class ReduceConfig:
     method: str = "pca"
     dim: Any = 100  # an int, or "full" to keep every dimension
     whiten: bool = False
-    seed: int = 0
 
 
 @dataclass
@@ -78,11 +77,10 @@ class IndexConfig:
 
 @dataclass
 class LatencyConfig:
-    """How single-query latency is measured."""
+    """How single-query latency is measured (at ``eval.recall_k`` neighbours, the search recall is reported for)."""
 
     queries: int = 1000
     warmup: int = 50
-    k: int = 4
     threads: int = 1
     seed: int = 0
 
@@ -137,14 +135,19 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
-INDEX_ALGORITHMS = ("brute", "annoy")
 METRICS = ("euclidean", "angular")
 REDUCE_METHODS = ("pca", "none")
-PROTOCOLS = ("book",)
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
-def load_config(raw: dict[str, Any] | DictConfig) -> Config:
+def load_config(raw: dict[str, Any] | DictConfig, *, check_model: bool = False) -> Config:
     """Merge ``raw`` into the typed schema and check every value.
+
+    Args:
+        raw: the composed configuration.
+        check_model: also check that ``backbone.name`` is a timm model (imports timm, a few seconds), as the
+            entry points that start work do.
 
     Raises:
         ConfigError: naming the offending key (and the allowed values where there is a fixed set).
@@ -157,7 +160,19 @@ def load_config(raw: dict[str, Any] | DictConfig) -> Config:
         raise ConfigError(f"config key '{key}': {error.msg if hasattr(error, 'msg') else error}") from error
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
+    if check_model:
+        check_backbone_name(cfg.backbone.name)
     return cfg
+
+
+def check_backbone_name(name: str) -> None:
+    """Reject a model name timm does not know (``arch`` or ``arch.tag``)."""
+    import timm  # imported here: slow, and only the entry points that start work need it
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise ConfigError(f"config key 'backbone.name' is {name!r}, which is not a timm model"
+                          + (f"; similar: {', '.join(close)}" if close else ""))
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -170,6 +185,16 @@ def _positive(key: str, value: int) -> None:
         raise ConfigError(f"config key '{key}' is {value!r}; it must be a positive integer")
 
 
+def parse_dim(text: str) -> int | None:
+    """A dimension given on a command line (``"full"`` or an integer), checked."""
+    return check_dim("--dim", text if text == FULL_DIM else int(text) if text.isdigit() else text)
+
+
+def _at_least_zero(key: str, value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"config key '{key}' is {value!r}; it must be 0 or more")
+
+
 def check_dim(key: str, dim: Any) -> int | None:
     """Return the target dimension (None for full), or raise naming ``key``."""
     if dim == FULL_DIM or dim is None:
@@ -180,11 +205,11 @@ def check_dim(key: str, dim: Any) -> int | None:
 
 
 def _check_index(key: str, index: IndexConfig) -> None:
-    _choice(f"{key}.name", index.name, INDEX_ALGORITHMS)
-    _choice(f"{key}.metric", index.metric, METRICS)
-    from ris.index import index_class  # local import: the index package imports heavy optional modules
+    from ris.index import INDEX_CLASSES  # local imports: those packages import this module
 
-    index_class(index.name).check_params(index.params, key=f"{key}.params")
+    _choice(f"{key}.name", index.name, tuple(INDEX_CLASSES))
+    _choice(f"{key}.metric", index.metric, METRICS)
+    INDEX_CLASSES[index.name].check_params(index.params, key=f"{key}.params")
 
 
 def validate(cfg: Config) -> None:
@@ -200,15 +225,18 @@ def validate(cfg: Config) -> None:
         check_dim(f"grid.dims[{position}]", dim)
     for position, name in enumerate(cfg.grid.indexes):
         _choice(f"grid.indexes[{position}]", name, tuple(cfg.indexes))
-    _choice("eval.protocol", cfg.eval.protocol, PROTOCOLS)
+    from ris.evaluate import PROTOCOLS
+
+    _choice("eval.protocol", cfg.eval.protocol, tuple(PROTOCOLS))
     _positive("eval.k", cfg.eval.k)
     _positive("eval.recall_k", cfg.eval.recall_k)
     _positive("eval.latency.queries", cfg.eval.latency.queries)
-    _positive("eval.latency.k", cfg.eval.latency.k)
     _positive("eval.latency.threads", cfg.eval.latency.threads)
+    _at_least_zero("eval.latency.warmup", cfg.eval.latency.warmup)
     _positive("backbone.batch_size", cfg.backbone.batch_size)
-    if cfg.backbone.num_workers < 0:
-        raise ConfigError(f"config key 'backbone.num_workers' is {cfg.backbone.num_workers}; it must be >= 0")
+    _at_least_zero("backbone.num_workers", cfg.backbone.num_workers)
+    _choice("backbone.precision", cfg.backbone.precision, PRECISIONS)
+    _choice("backbone.accelerator", cfg.backbone.accelerator, ACCELERATORS)
     if not (cfg.data.url or cfg.data.archive or cfg.data.source_dir or _env_source()):
         raise ConfigError("config keys 'data.url', 'data.archive' and 'data.source_dir' are all empty; set one")
 
@@ -217,6 +245,6 @@ def _env_source() -> str | None:
     return os.environ.get("RIS_DATA_ARCHIVE") or os.environ.get("RIS_DATA_DIR")
 
 
-def read_params(path: str | Path = "params.yaml") -> Config:
+def read_params(path: str | Path = "params.yaml", *, check_model: bool = False) -> Config:
     """Load and validate the committed, composed ``params.yaml`` (what `dvc repro` runs from)."""
-    return load_config(OmegaConf.load(path))
+    return load_config(OmegaConf.load(path), check_model=check_model)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ris.config import Config, IndexConfig, check_dim
+from ris.config import Config, ConfigError, IndexConfig, check_dim, parse_dim
 from ris.evaluate import PROTOCOLS
 from ris.index import index_class
 from ris.index.base import NearestNeighbourIndex
@@ -32,10 +32,9 @@ class Variant:
 
 def grid_variant(cfg: Config, dim: str, index_name: str) -> Variant:
     """The grid cell ``(dim, index_name)``: settings from ``indexes.<index_name>``, dimension from ``dim``."""
-    parsed: Any = dim if dim == "full" else int(dim)
     if index_name not in cfg.indexes:
-        raise KeyError(f"index '{index_name}' is not configured under 'indexes'; known: {', '.join(cfg.indexes)}")
-    return Variant(cfg.backbone.name, check_dim("--dim", parsed), cfg.indexes[index_name])
+        raise ConfigError(f"--index {index_name!r} is not a key of 'indexes'; known: {', '.join(cfg.indexes)}")
+    return Variant(cfg.backbone.name, parse_dim(dim), cfg.indexes[index_name])
 
 
 def single_variant(cfg: Config) -> Variant:
@@ -62,13 +61,14 @@ def evaluate_variant(index: NearestNeighbourIndex, vectors: np.ndarray, labels: 
     return PROTOCOLS[cfg.eval.protocol](index, vectors, labels, cfg.eval)
 
 
-def track_variant(cfg: Config, variant: Variant, metrics: dict[str, float], *, source: str,
-                  extra_params: dict[str, Any] | None = None, artifacts: list[Path] | None = None) -> str | None:
-    """Log the variant as one MLflow run: its effective settings as params, what it is as tags."""
+def track_variant(cfg: Config, variant: Variant, metrics: dict[str, float], *, source: str, features_key: str,
+                  artifacts: list[Path] | None = None) -> str | None:
+    """Log the variant as one MLflow run: its effective settings and feature-store key as params, what it is as
+    tags (the same for `dvc repro` and `ris run`, so their runs compare side by side)."""
     params = flatten({"data": {"name": cfg.data.name, "exclude_classes": cfg.data.exclude_classes},
                       "backbone": asdict(cfg.backbone), "reduce": {**asdict(cfg.reduce), "dim": dim_label(variant.dim)},
                       "index": asdict(variant.index), "eval": asdict(cfg.eval)})
-    params.update(extra_params or {})
+    params["features.key"] = features_key
     tags = {"backbone": variant.backbone, "dim": dim_label(variant.dim), "algorithm": variant.index.name,
             "protocol": cfg.eval.protocol, "git_commit": git_commit(), "source": source}
     return log_variant_run(cfg.tracking, variant.name, params, metrics, tags, artifacts)

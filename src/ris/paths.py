@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,25 @@ class PipelinePaths:
 
     def metrics_file(self, dim: int | None, index: str) -> Path:
         return self.reports_dir / "metrics" / self.cfg.backbone.name / f"{dim_label(dim)}-{index}.json"
+
+
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``final``; when the block succeeds it replaces ``final`` whole.
+
+    A stage killed midway leaves the previous ``final`` (or none) and no half-written one.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.chmod(0o755)  # mkdtemp makes it private; outputs are ordinary folders
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

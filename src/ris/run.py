@@ -15,12 +15,13 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ris.config import Config, load_config
+from ris.config import Config, ConfigError, load_config
 from ris.data import prepare_collection
 from ris.embed.store import FeatureSet, load_features, stored_key
 from ris.embed.extract import plan_extraction, run_extraction
 from ris.experiment import build_index, evaluate_variant, folder_bytes, single_variant, track_variant
 from ris.paths import CONF_DIR, PipelinePaths
+from ris.reduce import fit_reducer
 
 log = logging.getLogger("ris.run")
 
@@ -42,12 +43,12 @@ def features_for(cfg: Config) -> FeatureSet:
 
 def run_variant(cfg: Config) -> dict[str, float]:
     """Reduce, index, evaluate and track the variant ``cfg`` selects; return its metrics."""
-    from ris.reduce import fit_reducer
-
     variant = single_variant(cfg)
     features = features_for(cfg)
-    reducer = fit_reducer(features.embeddings, variant.dim, method=cfg.reduce.method, whiten=cfg.reduce.whiten,
-                          seed=cfg.reduce.seed)
+    try:
+        reducer = fit_reducer(features.embeddings, variant.dim, method=cfg.reduce.method, whiten=cfg.reduce.whiten)
+    except ValueError as error:
+        raise ConfigError(f"config key 'reduce.dim' is {variant.dim}: {error}") from error
     vectors = reducer.transform(features.embeddings)
     index, build_seconds = build_index(vectors, variant.index)
     with tempfile.TemporaryDirectory() as folder:
@@ -56,7 +57,7 @@ def run_variant(cfg: Config) -> dict[str, float]:
     metrics = evaluate_variant(index, vectors, features.labels, cfg)
     metrics.update({"index_build_seconds": build_seconds, "index_bytes": index_bytes,
                     "vector_dim": reducer.output_dim, "pca_explained_variance": reducer.explained_variance})
-    track_variant(cfg, variant, metrics, source="hydra", extra_params={"features.key": features.meta["key"]})
+    track_variant(cfg, variant, metrics, source="hydra", features_key=features.meta["key"])
     log.info("%s: %s", variant.name, json.dumps({key: round(value, 4) for key, value in metrics.items()}))
     return metrics
 
@@ -64,6 +65,6 @@ def run_variant(cfg: Config) -> dict[str, float]:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(raw: DictConfig) -> float:
     """Hydra entry point; returns the book-protocol precision so sweepers can optimise it."""
-    cfg = load_config(OmegaConf.to_container(raw, resolve=True))  # type: ignore[arg-type]
+    cfg = load_config(OmegaConf.to_container(raw, resolve=True), check_model=True)  # type: ignore[arg-type]
     metrics = run_variant(cfg)
     return metrics[f"book_precision_at_{cfg.eval.k}"]

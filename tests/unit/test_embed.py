@@ -16,7 +16,7 @@ from ris.config import BackboneConfig
 from ris.data import scan_images
 from ris.embed.extract import extract_features, plan_extraction, select_rows
 from ris.embed.store import load_features, stored_key
-from ris.embed.weights import WeightsUnavailableError, find_in_weights_dir, resolve_weights
+from ris.embed.weights import WeightsUnavailableError, create_backbone, find_in_weights_dir, resolve_weights
 
 TINY = "test_efficientnet"
 
@@ -115,3 +115,20 @@ def test_missing_weights_fail_at_once_saying_what_to_provide(tmp_path: Path):
 
 def test_random_init_needs_no_weights():
     assert resolve_weights(tiny_backbone(), environ={"HF_HUB_OFFLINE": "1"}).kind == "random"
+
+
+def test_a_weights_file_named_after_a_timm_tag_gets_that_tags_preprocessing(tmp_path: Path):
+    torch.manual_seed(1)
+    reference = timm.create_model("resnet18", pretrained=False)
+    save_file(reference.state_dict(), tmp_path / "resnet18.tv_in1k.safetensors")
+    source = resolve_weights(BackboneConfig(name="resnet18", weights_dir=str(tmp_path)), environ={})
+    assert source.model == "resnet18.tv_in1k"
+    model = create_backbone(source)
+    tagged = timm.data.resolve_model_data_config(model)
+    default = timm.data.resolve_model_data_config(timm.create_model("resnet18", pretrained=False))
+    assert (tagged["interpolation"], tagged["crop_pct"]) == ("bilinear", 0.875)  # torchvision's recipe
+    assert (default["interpolation"], default["crop_pct"]) != ("bilinear", 0.875)
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+
+    (tmp_path / "resnet18.tv_in1k.safetensors").rename(tmp_path / "resnet18.mine.safetensors")
+    assert resolve_weights(BackboneConfig(name="resnet18", weights_dir=str(tmp_path)), environ={}).model == "resnet18"

@@ -78,7 +78,7 @@ def _clusters(classes: int, per_class: int, dim: int = 8, spread: float = 0.05, 
 
 
 def _eval_cfg(**latency: Any) -> EvalConfig:
-    return EvalConfig(k=4, recall_k=5, latency=LatencyConfig(**{"queries": 20, "warmup": 2, "k": 4, **latency}))
+    return EvalConfig(k=4, recall_k=5, latency=LatencyConfig(**{"queries": 20, "warmup": 2, **latency}))
 
 
 def test_leave_one_out_on_the_line() -> None:
@@ -178,8 +178,8 @@ def test_measure_latency_shape_and_calls() -> None:
     """One single-row search per timed query after the warm-up, with the configured k; ordered percentiles."""
     vectors, _ = _clusters(3, 5)
     index = CountingIndex.build(vectors)
-    cfg = LatencyConfig(queries=40, warmup=3, k=2, threads=1, seed=0)  # more queries than rows: with replacement
-    result = measure_latency(index, vectors, cfg)
+    cfg = LatencyConfig(queries=40, warmup=3, threads=1, seed=0)  # more queries than rows: with replacement
+    result = measure_latency(index, vectors, cfg, k=2)
 
     assert index.calls == [(1, 2)] * (3 + 40)
     assert result["latency_queries"] == 40

@@ -80,8 +80,8 @@ def test_save_load_round_trip(tmp_path: Path, dim: int | None) -> None:
 
 @pytest.mark.parametrize("rows, cols, dim", [(10, 20, 11), (30, 8, 9)])
 def test_dim_beyond_rows_or_columns_rejected(rows: int, cols: int, dim: int) -> None:
-    """PCA cannot give more components than min(rows, columns): a ValueError naming reduce.dim."""
-    with pytest.raises(ValueError, match="reduce.dim"):
+    """PCA cannot give more components than min(rows, columns): a ValueError saying the limit."""
+    with pytest.raises(ValueError, match="at most min"):
         fit_reducer(_features(rows, cols), dim)
 
 

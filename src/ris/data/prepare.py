@@ -18,8 +18,17 @@ import pandas as pd
 from ris.config import DataConfig
 from ris.data.catalog import scan_images
 from ris.data.download import ChecksumError, download_file, extract_archive, is_archive, md5sum
+from ris.errors import UserFacingError
 
 logger = logging.getLogger("ris.data")
+
+
+class SourceNotFoundError(UserFacingError, FileNotFoundError):
+    """The configured image folder or archive is missing, or holds no image root."""
+
+
+class NoSourceError(UserFacingError, ValueError):
+    """No image source is configured at all."""
 
 DATA_DIR_ENV = "RIS_DATA_DIR"
 DATA_ARCHIVE_ENV = "RIS_DATA_ARCHIVE"
@@ -139,7 +148,7 @@ def _unpack(archive: Path, work: Path, cfg: DataConfig) -> Path:
             logger.info("nested archive %s has no entry in data.checksums; not verified", nested.name)
         extract_archive(nested, nested.parent)
         nested.unlink()  # our own temporary copy: freeing the space matters for multi-GB archives
-    raise FileNotFoundError(
+    raise SourceNotFoundError(
         f"{archive} holds no folder named '{cfg.image_root}' (data.image_root), nor an archive named "
         f"'{cfg.image_root}.*' that contains one; check data.image_root"
     )
@@ -161,7 +170,7 @@ def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path, progre
     if folder:
         folder_path = Path(folder)
         if not folder_path.is_dir():
-            raise FileNotFoundError(f"image folder {folder_path} (data.source_dir or env {DATA_DIR_ENV}) not found")
+            raise SourceNotFoundError(f"image folder {folder_path} (data.source_dir or env {DATA_DIR_ENV}) not found")
         if cfg.image_root and (folder_path / cfg.image_root).is_dir():
             folder_path = folder_path / cfg.image_root
         started = time.perf_counter()
@@ -173,7 +182,7 @@ def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path, progre
     if archive:
         archive_path = Path(archive)
         if not archive_path.is_file():
-            raise FileNotFoundError(f"archive {archive_path} (data.archive or env {DATA_ARCHIVE_ENV}) not found")
+            raise SourceNotFoundError(f"archive {archive_path} (data.archive or env {DATA_ARCHIVE_ENV}) not found")
         if not _verify_known(archive_path, cfg.checksums):
             logger.warning("archive %s has no entry in data.checksums: using it unverified", archive_path)
         return _unpack(archive_path, work, cfg), f"archive {archive_path}"
@@ -182,7 +191,7 @@ def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path, progre
         # download_file verifies the md5 of known names, so the archive is not hashed a second time here.
         return _unpack(_fetch(cfg, progress), work, cfg), f"download {cfg.url}"
 
-    raise ValueError(
+    raise NoSourceError(
         "no image source configured: set data.source_dir (or env RIS_DATA_DIR) to an extracted image folder, "
         "data.archive (or env RIS_DATA_ARCHIVE) to a local archive, or data.url to an archive to download"
     )

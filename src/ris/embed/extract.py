@@ -25,6 +25,7 @@ from ris.embed.weights import WeightsSource, create_backbone, resolve_weights
 
 log = logging.getLogger("ris.embed")
 
+
 def select_rows(table: pd.DataFrame, exclude_classes: list[str]) -> pd.DataFrame:
     """The collection's images in a stable order: every class except the excluded ones, sorted by path."""
     kept = table[~table["class"].isin(exclude_classes)].sort_values("path").reset_index(drop=True)
@@ -33,10 +34,12 @@ def select_rows(table: pd.DataFrame, exclude_classes: list[str]) -> pd.DataFrame
 
 def feature_key(backbone: BackboneConfig, source: WeightsSource, data_config: dict[str, Any],
                 rows: pd.DataFrame) -> str:
-    """Identity of a feature matrix: model, weights, preprocessing, normalisation and the exact images."""
-    images = hashlib.sha256("\n".join(rows["path"] + "\t" + rows["sha256"]).encode()).hexdigest()
-    identity = {"model": backbone.name, "weights": source.identity, "preprocessing": data_config,
-                "normalize": backbone.normalize, "images": images}
+    """Identity of a feature matrix: model, weights, preprocessing, numeric precision, normalisation and the exact
+    images (paths, contents and classes)."""
+    listing = "\n".join(rows["path"] + "\t" + rows["sha256"] + "\t" + rows["class"])
+    images = hashlib.sha256(listing.encode()).hexdigest()
+    identity = {"model": source.model, "weights": source.identity, "preprocessing": data_config,
+                "precision": backbone.precision, "normalize": backbone.normalize, "images": images}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -61,7 +64,7 @@ def plan_extraction(table: pd.DataFrame, backbone: BackboneConfig,
         ValueError: when no image is left after excluding classes.
     """
     source = resolve_weights(backbone)
-    model = create_backbone(backbone, source)
+    model = create_backbone(source)
     data_config = timm.data.resolve_model_data_config(model)  # the model's own eval preprocessing
     rows = select_rows(table, exclude_classes or [])
     if rows.empty:
@@ -103,6 +106,7 @@ def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, pro
     seconds = time.perf_counter() - started
 
     meta = {"key": plan.key, "backbone": asdict(backbone),
+            "model": plan.source.model, "timm_version": timm.__version__,
             "weights": {"kind": plan.source.kind, "identity": plan.source.identity,
                         "file": str(plan.source.file) if plan.source.file else None},
             "preprocessing": plan.data_config, "images": len(rows),

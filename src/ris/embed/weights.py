@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ log = logging.getLogger("ris.embed")
 
 WEIGHTS_DIR_ENV = "RIS_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-HUB_HOST = ("huggingface.co", 443)
+HUB_URL = "https://huggingface.co"
 
 
 class WeightsUnavailableError(UserFacingError, RuntimeError):
@@ -28,10 +29,13 @@ class WeightsUnavailableError(UserFacingError, RuntimeError):
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """``kind`` is ``file``, ``hub`` or ``random``; ``identity`` keys the feature store (file hash or hub id)."""
+    """``kind`` is ``file``, ``hub`` or ``random``; ``identity`` keys the feature store (file hash or hub id);
+    ``model`` is the timm name to create, with the weights' pretrained tag where timm knows it (its preprocessing
+    is then the one those weights were trained with)."""
 
     kind: str
     identity: str
+    model: str
     file: Path | None = None
 
 
@@ -51,11 +55,35 @@ def find_in_weights_dir(folder: Path, model_name: str) -> Path | None:
     return (exact or candidates or [None])[0]
 
 
+def tagged_model_name(model_name: str, weights_file: Path) -> str:
+    """``arch.tag`` when ``weights_file`` is named ``arch.tag.<suffix>`` and timm knows that pretrained tag.
+
+    A torchvision-trained ResNet-50 file (``resnet50.tv_in1k.safetensors``) then gets ``resnet50.tv_in1k``'s
+    preprocessing (bilinear, crop 0.875) instead of the default tag's (``a1_in1k``: bicubic, crop 0.95).
+    """
+    parts = weights_file.name.split(".")
+    if "." in model_name or len(parts) < 3 or parts[0] != model_name:
+        return model_name
+    tagged = f"{model_name}.{parts[1]}"
+    return tagged if tagged in timm.list_pretrained(tagged) else model_name
+
+
+def _file_source(path: Path, model_name: str) -> WeightsSource:
+    model = tagged_model_name(model_name, path)
+    if model == model_name and "." not in model_name and len(path.name.split(".")) >= 3:
+        log.info("timm knows no pretrained tag named like %s: using %s's default preprocessing", path.name, model)
+    return WeightsSource("file", _file_identity(path), model, path)
+
+
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the model hub answers (through any configured proxy), within ``timeout_s``."""
+    endpoint = os.environ.get("HF_ENDPOINT", HUB_URL)
     try:
-        with socket.create_connection(HUB_HOST, timeout=timeout_s):
+        with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s):
             return True
-    except OSError:
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (OSError, ValueError):
         return False
 
 
@@ -80,23 +108,23 @@ def resolve_weights(cfg: BackboneConfig, environ: Mapping[str, str] = os.environ
         WeightsUnavailableError: pretrained weights were asked for, but no file, folder or reachable hub has them.
     """
     if not cfg.pretrained:
-        return WeightsSource("random", "random-init")
+        return WeightsSource("random", "random-init", cfg.name)
     if cfg.weights_file:
         path = Path(cfg.weights_file).expanduser()
         if not path.is_file():
             raise WeightsUnavailableError(f"backbone.weights_file={path} does not exist")
-        return WeightsSource("file", _file_identity(path), path)
+        return _file_source(path, cfg.name)
     weights_dir = cfg.weights_dir or environ.get(WEIGHTS_DIR_ENV)
     if weights_dir:
         found = find_in_weights_dir(Path(weights_dir).expanduser(), cfg.name) if Path(weights_dir).is_dir() else None
         if found is not None:
-            return WeightsSource("file", _file_identity(found), found)
+            return _file_source(found, cfg.name)
         log.warning("no %s.* weights file in %s; trying the model hub", cfg.name, weights_dir)
     online = environ.get("HF_HUB_OFFLINE") != "1" and _hub_reachable()
     if online or _hub_cached(cfg.name):
         pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name)
         hub_id = pretrained_cfg.hf_hub_id or pretrained_cfg.url if pretrained_cfg else cfg.name
-        return WeightsSource("hub", f"hub:{hub_id}")
+        return WeightsSource("hub", f"hub:{hub_id}", cfg.name)
     raise WeightsUnavailableError(
         f"pretrained weights for backbone '{cfg.name}' are not available: the model hub cannot be reached and "
         f"no local copy was given. Provide one of: backbone.weights_file=<path to a timm weights file>, "
@@ -104,9 +132,9 @@ def resolve_weights(cfg: BackboneConfig, environ: Mapping[str, str] = os.environ
         f"or backbone.pretrained=false for random weights.")
 
 
-def create_backbone(cfg: BackboneConfig, source: WeightsSource) -> timm.models.nn.Module:
+def create_backbone(source: WeightsSource) -> timm.models.nn.Module:
     """The timm model with its classifier removed (``num_classes=0``: pooled embeddings), in eval mode."""
     overlay = {"file": str(source.file)} if source.file else None
-    model = timm.create_model(cfg.name, pretrained=source.kind != "random", num_classes=0,
+    model = timm.create_model(source.model, pretrained=source.kind != "random", num_classes=0,
                               pretrained_cfg_overlay=overlay)
     return model.eval()

@@ -11,7 +11,8 @@ from ris.config import LatencyConfig
 from ris.index.base import NearestNeighbourIndex
 
 
-def measure_latency(index: NearestNeighbourIndex, queries: np.ndarray, cfg: LatencyConfig) -> dict[str, float]:
+def measure_latency(index: NearestNeighbourIndex, queries: np.ndarray, cfg: LatencyConfig,
+                    k: int) -> dict[str, float]:
     """Time one ``search(query, k)`` call per query after a warm-up; report percentiles in microseconds and QPS.
 
     Queries are a seeded sample of ``queries`` (with replacement when fewer rows than ``cfg.queries``).
@@ -22,12 +23,12 @@ def measure_latency(index: NearestNeighbourIndex, queries: np.ndarray, cfg: Late
     timings_ns = np.empty(len(sample), dtype=np.int64)
     with threadpool_limits(limits=cfg.threads):
         for query in sample[: cfg.warmup]:
-            index.search(query[None, :], cfg.k)
+            index.search(query[None, :], k)
         for position, query in enumerate(sample):
             started = time.perf_counter_ns()
-            index.search(query[None, :], cfg.k)
+            index.search(query[None, :], k)
             timings_ns[position] = time.perf_counter_ns() - started
     micros = timings_ns / 1e3
     return {"latency_p50_us": float(np.percentile(micros, 50)), "latency_p95_us": float(np.percentile(micros, 95)),
             "latency_p99_us": float(np.percentile(micros, 99)), "latency_mean_us": float(micros.mean()),
-            "qps": float(1e6 / micros.mean()), "latency_queries": int(len(sample)), "latency_threads": cfg.threads}
+            "qps": float(1e6 / micros.mean()), "latency_queries": int(len(sample)), "latency_threads": cfg.threads, "latency_k": k}

@@ -16,7 +16,7 @@ class AnnoyIndex(NearestNeighbourIndex):
     query time for recall."""
 
     name: ClassVar[str] = "annoy"
-    defaults: ClassVar[dict[str, Any]] = {"n_trees": 100, "search_k": -1, "seed": 0, "build_threads": -1}
+    defaults: ClassVar[dict[str, Any]] = {"n_trees": 100, "search_k": -1, "seed": 0, "build_threads": 1}
 
     def __init__(self, dim: int, metric: str = "euclidean", **params: Any) -> None:
         super().__init__(dim, metric, **params)

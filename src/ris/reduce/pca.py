@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.decomposition import PCA
 
+MODEL_FILE = "reducer.pkl"
+SUMMARY_FILE = "reducer.json"
+
 
 @dataclass
 class FeatureReducer:
@@ -33,21 +36,20 @@ class FeatureReducer:
     def save(self, folder: Path) -> None:
         """Write the fitted model (pickle) and a readable summary (JSON)."""
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "reducer.pkl", "wb") as handle:
+        with open(folder / MODEL_FILE, "wb") as handle:
             pickle.dump(self, handle)
         summary = {"input_dim": self.input_dim, "output_dim": self.output_dim,
                    "method": "none" if self.pca is None else "pca", "explained_variance": self.explained_variance}
-        (folder / "reducer.json").write_text(json.dumps(summary, indent=2))
+        (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
 
     @staticmethod
     def load(folder: Path) -> FeatureReducer:
         """Read a reducer written by :meth:`save` (a pickle: load only files this pipeline wrote)."""
-        with open(folder / "reducer.pkl", "rb") as handle:
+        with open(folder / MODEL_FILE, "rb") as handle:
             return pickle.load(handle)
 
 
-def fit_reducer(features: np.ndarray, dim: int | None, *, method: str = "pca", whiten: bool = False,
-                seed: int = 0) -> FeatureReducer:
+def fit_reducer(features: np.ndarray, dim: int | None, *, method: str = "pca", whiten: bool = False) -> FeatureReducer:
     """Fit a reduction of ``features`` to ``dim`` components (``None`` or ``method='none'`` keeps them all).
 
     Raises:
@@ -58,7 +60,7 @@ def fit_reducer(features: np.ndarray, dim: int | None, *, method: str = "pca", w
         return FeatureReducer(input_dim, input_dim)
     limit = min(features.shape)
     if dim > limit:
-        raise ValueError(f"reduce.dim={dim} exceeds min(rows, features) = {limit} of the embeddings")
-    pca = PCA(n_components=dim, whiten=whiten, random_state=seed, svd_solver="full")
+        raise ValueError(f"cannot reduce to {dim} dimensions: PCA gives at most min(rows, features) = {limit}")
+    pca = PCA(n_components=dim, whiten=whiten, svd_solver="full")  # exact SVD: deterministic, no seed needed
     pca.fit(np.asarray(features, dtype=np.float32))
     return FeatureReducer(input_dim, dim, pca)

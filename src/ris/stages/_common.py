@@ -29,9 +29,10 @@ def parse_stage_args(stage: str, argv: Sequence[str] | None, *, cell: bool = Fal
     return parser.parse_args(argv)
 
 
-def load_stage_config(args: argparse.Namespace) -> Config:
+def load_stage_config(args: argparse.Namespace, *, check_model: bool = False) -> Config:
+    """Read and validate params.yaml (``check_model``: also that the backbone is a timm model)."""
     setup_logging()
-    return read_params(args.params)
+    return read_params(args.params, check_model=check_model)
 
 
 @contextmanager

@@ -6,26 +6,29 @@ from collections.abc import Sequence
 
 from ris.config import Config
 from ris.data import prepare_collection
+from ris.embed.weights import resolve_weights
 from ris.paths import PipelinePaths, write_json_atomic
 from ris.stages._common import load_stage_config, parse_stage_args, timed
 
 
 def run(cfg: Config) -> dict:
-    """Prepare the collection and report what was kept and what was skipped (and why)."""
+    """Prepare the collection and report what was kept and what was skipped (and why).
+
+    The backbone's weights are resolved first: a pipeline that cannot extract fails before downloading anything.
+    """
     paths = PipelinePaths(cfg)
+    resolve_weights(cfg.backbone)
     with timed("download"):
         prepared = prepare_collection(cfg.data)
     table = prepared.table
     report = {"source": prepared.source, "images": len(table), "classes": int(table["class"].nunique()),
-              "skipped": len(prepared.skipped), "skipped_files": prepared.skipped,
-              "excluded_classes": cfg.data.exclude_classes,
-              "excluded_images": int(table["class"].isin(cfg.data.exclude_classes).sum())}
+              "skipped": len(prepared.skipped), "skipped_files": prepared.skipped}
     write_json_atomic(paths.data_report, report)
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run(load_stage_config(parse_stage_args("download", argv)))
+    run(load_stage_config(parse_stage_args("download", argv), check_model=True))
 
 
 if __name__ == "__main__":

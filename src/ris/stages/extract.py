@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -15,19 +16,25 @@ from ris.stages._common import load_stage_config, parse_stage_args
 def run(cfg: Config) -> dict:
     """Write the feature store for ``cfg.backbone`` and a throughput report."""
     paths = PipelinePaths(cfg)
-    features = extract_features(pd.read_parquet(paths.image_table), paths.images_dir, cfg.backbone,
-                                paths.features_dir, exclude_classes=cfg.data.exclude_classes, reuse=False)
+    table = pd.read_parquet(paths.image_table)
+    features = extract_features(table, paths.images_dir, cfg.backbone, paths.features_dir,
+                                exclude_classes=cfg.data.exclude_classes, reuse=False)
     meta = features.meta
-    report = {"backbone": cfg.backbone.name, "images": meta["images"], "dim": meta["dim"],
+    weights = meta["weights"]
+    report = {"backbone": cfg.backbone.name, "model": meta["model"], "images": meta["images"], "dim": meta["dim"],
               "seconds": meta["seconds"], "images_per_second": meta["images_per_second"], "device": meta["device"],
-              "weights": meta["weights"]["kind"], "batch_size": cfg.backbone.batch_size,
-              "precision": cfg.backbone.precision}
+              "weights": {"kind": weights["kind"], "identity": weights["identity"],
+                          "file_name": Path(weights["file"]).name if weights["file"] else None},
+              "preprocessing": meta["preprocessing"], "timm_version": meta["timm_version"],
+              "excluded_classes": cfg.data.exclude_classes,
+              "excluded_images": int(table["class"].isin(cfg.data.exclude_classes).sum()),
+              "batch_size": cfg.backbone.batch_size, "precision": cfg.backbone.precision}
     write_json_atomic(paths.extract_report, report)
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run(load_stage_config(parse_stage_args("extract", argv)))
+    run(load_stage_config(parse_stage_args("extract", argv), check_model=True))
 
 
 if __name__ == "__main__":

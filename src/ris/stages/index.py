@@ -9,7 +9,7 @@ import numpy as np
 
 from ris.config import Config
 from ris.experiment import Variant, build_index, folder_bytes, grid_variant
-from ris.paths import PipelinePaths
+from ris.paths import PipelinePaths, atomic_folder
 from ris.stages._common import load_stage_config, parse_stage_args
 from ris.stages.reduce import REDUCED_FILE
 
@@ -21,11 +21,11 @@ def run(cfg: Config, variant: Variant) -> dict:
     paths = PipelinePaths(cfg)
     vectors = np.load(paths.reduced_dir(variant.dim) / REDUCED_FILE)
     index, seconds = build_index(vectors, variant.index)
-    folder = paths.index_dir(variant.dim, variant.index.name)
-    index.save(folder)
-    build = {"build_seconds": seconds, "items": len(index), "dim": int(vectors.shape[1]),
-             "index_bytes": folder_bytes(folder)}
-    (folder / BUILD_FILE).write_text(json.dumps(build, indent=2))
+    with atomic_folder(paths.index_dir(variant.dim, variant.index.name)) as folder:
+        index.save(folder)
+        build = {"build_seconds": seconds, "items": len(index), "dim": int(vectors.shape[1]),
+                 "index_bytes": folder_bytes(folder)}
+        (folder / BUILD_FILE).write_text(json.dumps(build, indent=2))
     return build
 
 

@@ -27,11 +27,15 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """The checked-out commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside git."""
+    """The checked-out commit (with ``-dirty`` when tracked code or config changed), or ``unknown`` outside git.
+
+    ``dvc.lock`` and ``reports/`` are left out of the dirty check: `dvc repro` rewrites them between stages.
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude,top)dvc.lock", ":(exclude,top)reports"], cwd=cwd,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
