@@ -15,7 +15,8 @@ USAGE = """ris <command> [args]
 
 commands:
   stage NAME [--dim D] [--index I]   run one DVC stage from params.yaml ({stages})
-  run [-m] [OVERRIDES ...]           evaluate one variant with Hydra (-m: sweep, e.g. -m reduce.dim=64,128 index=annoy,brute)
+  run [-m] [OVERRIDES ...]           evaluate one variant with Hydra
+                                     (-m sweeps, e.g. -m reduce.dim=64,128 index=annoy,brute)
   compose [OVERRIDES ...]            write params.yaml: conf/ composed with Hydra, as `dvc exp run -S` does
 """.format(stages=", ".join(STAGES))
 

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ris.config import Config, ConfigError, load_config
 from ris.data import prepare_collection
-from ris.embed.store import FeatureSet, load_features, stored_key
 from ris.embed.extract import plan_extraction, run_extraction
+from ris.embed.store import FeatureSet, load_features, stored_key
 from ris.experiment import build_index, evaluate_variant, folder_bytes, single_variant, track_variant
 from ris.paths import CONF_DIR, PipelinePaths
 from ris.reduce import fit_reducer

@@ -68,7 +68,7 @@ def test_repro_writes_every_output(reproduced: Path) -> None:
         for index in ("brute", "annoy"):
             assert (reproduced / f"artifacts/indexes/test_efficientnet/{dim}/{index}/index.json").exists()
     results = pd.read_csv(reproduced / "reports/results.csv")
-    assert sorted(zip(results["dim"].astype(str), results["index"])) == [
+    assert sorted(zip(results["dim"].astype(str), results["index"], strict=True)) == [
         ("8", "annoy"), ("8", "brute"), ("full", "annoy"), ("full", "brute")]
 
 

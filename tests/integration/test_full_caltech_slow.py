@@ -34,4 +34,4 @@ def test_book_protocol_on_full_caltech101_matches_an_independent_count(caltech_d
     independent = float((labels[without_self] == labels[:, None]).mean())
 
     assert abs(metrics["book_precision_at_4"] - independent) < 0.002
-    assert metrics["book_precision_at_4"] > 0.85  # MobileNetV2 features retrieve Caltech101 well (book: ResNet-50 ~0.88)
+    assert metrics["book_precision_at_4"] > 0.85  # MobileNetV2 retrieves Caltech101 well (book: ResNet-50 ~0.88)

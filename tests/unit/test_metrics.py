@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from ris.config import EvalConfig, LatencyConfig
-from ris.evaluate import PROTOCOLS, evaluate_book, leave_one_out_search, mean_average_precision_at_r, \
-    measure_latency, precision_at_k, recall_against_exact
+from ris.evaluate import (
+    PROTOCOLS,
+    evaluate_book,
+    leave_one_out_search,
+    mean_average_precision_at_r,
+    measure_latency,
+    precision_at_k,
+    recall_against_exact,
+)
 from ris.evaluate.metrics import average_precision_at_r
 from ris.index import AnnoyIndex, BruteForceIndex
 from ris.index.base import NearestNeighbourIndex

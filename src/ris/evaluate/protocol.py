@@ -6,8 +6,7 @@ import numpy as np
 
 from ris.config import EvalConfig
 from ris.evaluate.latency import measure_latency
-from ris.evaluate.metrics import leave_one_out_search, mean_average_precision_at_r, precision_at_k, \
-    recall_against_exact
+from ris.evaluate.metrics import leave_one_out_search, mean_average_precision_at_r, precision_at_k, recall_against_exact
 from ris.index import BruteForceIndex
 from ris.index.base import NearestNeighbourIndex
 
