@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,15 +26,13 @@ def compose_params(overrides: Sequence[str], out: Path = Path("params.yaml"), co
     from omegaconf import OmegaConf
 
     from ris.config import load_config
-    from ris.paths import CONF_DIR
+    from ris.paths import CONF_DIR, write_text_atomic
 
     with initialize_config_dir(config_dir=str((conf_dir or CONF_DIR).resolve()), version_base="1.3"):
         composed = compose(config_name="config", overrides=list(overrides))
     OmegaConf.resolve(composed)
     load_config(composed, check_model=True)  # reject a bad composition before writing it
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(OmegaConf.to_yaml(composed))
-    os.replace(partial, out)
+    write_text_atomic(out, OmegaConf.to_yaml(composed))
     return out
 
 

@@ -86,9 +86,14 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     os.replace(staging, final)
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary sibling, then rename: readers never see half a file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    partial.write_text(text)
     os.replace(partial, path)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")

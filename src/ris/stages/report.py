@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import pandas as pd
 
 from ris.config import Config, parse_dim
 from ris.evaluate.results import results_table, to_markdown
-from ris.paths import PipelinePaths
+from ris.paths import PipelinePaths, write_text_atomic
 from ris.stages._common import load_stage_config, parse_stage_args
 
 
@@ -19,9 +18,7 @@ def run(cfg: Config) -> pd.DataFrame:
     files = [paths.metrics_file(parse_dim(str(dim)), index) for dim in cfg.grid.dims for index in cfg.grid.indexes]
     table = results_table(files)
     for name, text in (("results.csv", table.to_csv(index=False)), ("results.md", to_markdown(table))):
-        partial = paths.reports_dir / f".{name}.partial"
-        partial.write_text(text)
-        os.replace(partial, paths.reports_dir / name)
+        write_text_atomic(paths.reports_dir / name, text)
     return table
 
 
