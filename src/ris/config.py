@@ -1,6 +1,8 @@
 """Typed schema of the composed configuration, shared by `dvc repro` (params.yaml) and `ris run` (Hydra).
 
-Both entry points go through :func:`load_config`, so an unknown key or a bad value is rejected before any work
+This module checks what the schema alone can express (types, ranges, fixed sets of values) and imports none of the
+pipeline's registries; :mod:`ris.checks` adds what needs them (index families, protocols, timm models). Every entry
+point goes through :func:`ris.checks.checked_config`, so an unknown key or a bad value is rejected before any work
 starts, with a message that names the key and the allowed values.
 """
 
@@ -25,6 +27,16 @@ class ConfigError(UserFacingError, ValueError):
 
 
 @dataclass
+class SplitConfig:
+    """The held-out split by image: per class, these shares of its images go to train / val / test (seeded)."""
+
+    train: float = 0.6
+    val: float = 0.2
+    test: float = 0.2
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
     """Where the image collection comes from and where it is laid out."""
 
@@ -40,6 +52,7 @@ class DataConfig:
     exclude_classes: list[str] = field(default_factory=list)  # folders that are not part of the collection
     timeout_s: float = 30.0
     retries: int = 3
+    split: SplitConfig = field(default_factory=SplitConfig)
 
 
 @dataclass
@@ -59,18 +72,17 @@ class BackboneConfig:
 
 @dataclass
 class ReduceConfig:
-    """Dimensionality reduction applied to the embeddings before indexing."""
+    """How embeddings are reduced to each of ``grid.dims`` (``full`` always keeps them as they are)."""
 
     method: str = "pca"
-    dim: Any = 100  # an int, or "full" to keep every dimension
     whiten: bool = False
 
 
 @dataclass
 class IndexConfig:
-    """A nearest-neighbour algorithm and its settings."""
+    """One entry of the ``indexes`` catalogue: an index family and its settings."""
 
-    name: str = "brute"
+    family: str = "brute"
     metric: str = "euclidean"
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -87,20 +99,35 @@ class LatencyConfig:
 
 @dataclass
 class EvalConfig:
-    """Retrieval evaluation protocol."""
+    """Retrieval evaluation: which protocols, and the k of each metric."""
 
-    protocol: str = "book"
-    k: int = 4  # precision@k of the book protocol
-    recall_k: int = 10  # recall@k of an approximate index against exact search
+    protocols: list[str] = field(default_factory=lambda: ["book", "heldout"])
+    k: int = 4  # mean precision@k (the book's "accuracy" is k=4)
+    recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # R@k: a same-class item among the top k
+    ann_recall_k: int = 10  # recall@k of an approximate index against exact search; latency is timed at this k
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
 
 @dataclass
 class GridConfig:
-    """The cells `dvc repro` evaluates: every dimension with every index."""
+    """The cells evaluated: every dimension with every index of the catalogue named here.
 
-    dims: list[Any] = field(default_factory=lambda: [FULL_DIM, 100])
-    indexes: list[str] = field(default_factory=lambda: ["brute", "annoy"])
+    `dvc repro` runs them as matrix stages; a `ris run` job runs its own (usually one-cell) grid in memory.
+    A single value is taken as a one-element list, so ``ris run -m grid.dims=64,128`` sweeps one cell per job.
+    """
+
+    dims: Any = field(default_factory=lambda: [FULL_DIM, 100])
+    indexes: Any = field(default_factory=lambda: ["brute", "annoy"])
+
+
+@dataclass
+class SearchConfig:
+    """What `ris search` (and later the service) uses by default: one cell of the grid (built by `dvc repro`), and
+    how many results."""
+
+    dim: Any = 100
+    index: str = "annoy"
+    k: int = 10
 
 
 @dataclass
@@ -127,10 +154,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
     indexes: dict[str, IndexConfig] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -141,13 +168,10 @@ PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
-def load_config(raw: dict[str, Any] | DictConfig, *, check_model: bool = False) -> Config:
-    """Merge ``raw`` into the typed schema and check every value.
+def load_config(raw: dict[str, Any] | DictConfig) -> Config:
+    """Merge ``raw`` into the typed schema and check every value the schema can judge on its own.
 
-    Args:
-        raw: the composed configuration.
-        check_model: also check that ``backbone.name`` is a timm model (imports timm, a few seconds), as the
-            entry points that start work do.
+    Single values of ``grid.dims`` and ``grid.indexes`` become one-element lists.
 
     Raises:
         ConfigError: naming the offending key (and the allowed values where there is a fixed set).
@@ -159,25 +183,19 @@ def load_config(raw: dict[str, Any] | DictConfig, *, check_model: bool = False) 
         key = getattr(error, "full_key", None) or "?"
         raise ConfigError(f"config key '{key}': {error.msg if hasattr(error, 'msg') else error}") from error
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    cfg.grid.dims = _as_list(cfg.grid.dims)
+    cfg.grid.indexes = _as_list(cfg.grid.indexes)
     validate(cfg)
-    if check_model:
-        check_backbone_name(cfg.backbone.name)
     return cfg
 
 
-def check_backbone_name(name: str) -> None:
-    """Reject a model name timm does not know (``arch`` or ``arch.tag``)."""
-    import timm  # imported here: slow, and only the entry points that start work need it
-
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise ConfigError(f"config key 'backbone.name' is {name!r}, which is not a timm model"
-                          + (f"; similar: {', '.join(close)}" if close else ""))
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {', '.join(allowed)}")
+        raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {', '.join(map(str, allowed))}")
 
 
 def _positive(key: str, value: int) -> None:
@@ -185,14 +203,14 @@ def _positive(key: str, value: int) -> None:
         raise ConfigError(f"config key '{key}' is {value!r}; it must be a positive integer")
 
 
-def parse_dim(text: str) -> int | None:
-    """A dimension given on a command line (``"full"`` or an integer), checked."""
-    return check_dim("--dim", text if text == FULL_DIM else int(text) if text.isdigit() else text)
-
-
 def _at_least_zero(key: str, value: int) -> None:
     if value < 0:
         raise ConfigError(f"config key '{key}' is {value!r}; it must be 0 or more")
+
+
+def parse_dim(text: str, key: str = "--dim") -> int | None:
+    """A dimension given on a command line (``"full"`` or an integer), checked."""
+    return check_dim(key, text if text == FULL_DIM else int(text) if text.isdigit() else text)
 
 
 def check_dim(key: str, dim: Any) -> int | None:
@@ -204,32 +222,47 @@ def check_dim(key: str, dim: Any) -> int | None:
     return dim
 
 
-def _check_index(key: str, index: IndexConfig) -> None:
-    from ris.index import INDEX_CLASSES  # local imports: those packages import this module
+def dim_label(dim: int | None) -> str:
+    """``100`` -> ``"100"``, ``None`` (full) -> ``"full"``: how a dimension is named in paths, tags and tables."""
+    return FULL_DIM if dim is None else str(dim)
 
-    _choice(f"{key}.name", index.name, tuple(INDEX_CLASSES))
-    _choice(f"{key}.metric", index.metric, METRICS)
-    INDEX_CLASSES[index.name].check_params(index.params, key=f"{key}.params")
+
+def _check_split(split: SplitConfig) -> None:
+    for name in ("train", "val", "test"):
+        share = getattr(split, name)
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"config key 'data.split.{name}' is {share!r}; it must be between 0 and 1")
+    if split.train <= 0.0 or split.test <= 0.0:
+        raise ConfigError("config keys 'data.split.train' and 'data.split.test' must both be above 0")
+    total = split.train + split.val + split.test
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"config keys 'data.split.train/val/test' add up to {total:g}; they must add up to 1")
 
 
 def validate(cfg: Config) -> None:
-    """Check values that the schema's types cannot express."""
+    """Check values that the schema's types cannot express (and that need no registry)."""
     _choice("reduce.method", cfg.reduce.method, REDUCE_METHODS)
-    check_dim("reduce.dim", cfg.reduce.dim)
-    _check_index("index", cfg.index)
     for name, index in cfg.indexes.items():
-        _check_index(f"indexes.{name}", index)
-        if index.name != name:
-            raise ConfigError(f"config key 'indexes.{name}.name' is {index.name!r}; it must be {name!r}")
+        _choice(f"indexes.{name}.metric", index.metric, METRICS)
+    if not cfg.grid.dims:
+        raise ConfigError("config key 'grid.dims' is empty; name at least one dimension")
+    if not cfg.grid.indexes:
+        raise ConfigError("config key 'grid.indexes' is empty; name at least one key of 'indexes'")
     for position, dim in enumerate(cfg.grid.dims):
         check_dim(f"grid.dims[{position}]", dim)
     for position, name in enumerate(cfg.grid.indexes):
         _choice(f"grid.indexes[{position}]", name, tuple(cfg.indexes))
-    from ris.evaluate import PROTOCOLS
-
-    _choice("eval.protocol", cfg.eval.protocol, tuple(PROTOCOLS))
+    # search.dim and search.index need not be in the grid here (a sweep may change it); the searcher says when
+    # the cell they name was not built.
+    check_dim("search.dim", cfg.search.dim)
+    _choice("search.index", cfg.search.index, tuple(cfg.indexes))
+    _positive("search.k", cfg.search.k)
+    if not cfg.eval.protocols:
+        raise ConfigError("config key 'eval.protocols' is empty; name at least one protocol")
     _positive("eval.k", cfg.eval.k)
-    _positive("eval.recall_k", cfg.eval.recall_k)
+    for position, k in enumerate(cfg.eval.recall_ks):
+        _positive(f"eval.recall_ks[{position}]", k)
+    _positive("eval.ann_recall_k", cfg.eval.ann_recall_k)
     _positive("eval.latency.queries", cfg.eval.latency.queries)
     _positive("eval.latency.threads", cfg.eval.latency.threads)
     _at_least_zero("eval.latency.warmup", cfg.eval.latency.warmup)
@@ -237,6 +270,7 @@ def validate(cfg: Config) -> None:
     _at_least_zero("backbone.num_workers", cfg.backbone.num_workers)
     _choice("backbone.precision", cfg.backbone.precision, PRECISIONS)
     _choice("backbone.accelerator", cfg.backbone.accelerator, ACCELERATORS)
+    _check_split(cfg.data.split)
     if not (cfg.data.url or cfg.data.archive or cfg.data.source_dir or _env_source()):
         raise ConfigError("config keys 'data.url', 'data.archive' and 'data.source_dir' are all empty; set one")
 
@@ -245,6 +279,8 @@ def _env_source() -> str | None:
     return os.environ.get("RIS_DATA_ARCHIVE") or os.environ.get("RIS_DATA_DIR")
 
 
-def read_params(path: str | Path = "params.yaml", *, check_model: bool = False) -> Config:
-    """Load and validate the committed, composed ``params.yaml`` (what `dvc repro` runs from)."""
-    return load_config(OmegaConf.load(path), check_model=check_model)
+def read_config_file(path: str | Path = "params.yaml") -> Config:
+    """Load ``params.yaml`` (the composed config `dvc repro` runs from) and check it against the schema."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path} not found: run from the repository root, or write it with `ris compose`")
+    return load_config(OmegaConf.load(path))

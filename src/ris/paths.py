@@ -12,15 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ris.config import FULL_DIM, Config
+from ris.config import Config, dim_label
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 """The Hydra config root (the repository's ``conf/``; ris runs from a checkout, as DVC pipelines do)."""
-
-
-def dim_label(dim: int | None) -> str:
-    """``100`` -> ``"100"``, ``None`` (full) -> ``"full"``: the folder name of a dimension."""
-    return FULL_DIM if dim is None else str(dim)
 
 
 @dataclass(frozen=True)
@@ -42,8 +37,17 @@ class PipelinePaths:
         return self.collection_dir / "images.parquet"
 
     @property
+    def split_table(self) -> Path:
+        return self.collection_dir / "split.parquet"
+
+    @property
     def features_dir(self) -> Path:
         return Path(self.cfg.paths.artifacts) / "features" / self.cfg.backbone.name
+
+    @property
+    def embedding_cache(self) -> Path:
+        """Embeddings by image content hash, per backbone and extractor (not a DVC output: it outlives re-runs)."""
+        return Path(self.cfg.paths.artifacts) / "cache" / "embeddings"
 
     def reduced_dir(self, dim: int | None) -> Path:
         return Path(self.cfg.paths.artifacts) / "reduced" / self.cfg.backbone.name / dim_label(dim)
@@ -58,6 +62,10 @@ class PipelinePaths:
     @property
     def data_report(self) -> Path:
         return self.reports_dir / "data.json"
+
+    @property
+    def split_report(self) -> Path:
+        return self.reports_dir / "split.json"
 
     @property
     def extract_report(self) -> Path:

@@ -1,34 +1,39 @@
-"""`ris run`: evaluate one variant end to end as a Hydra app; `ris run -m ...` sweeps a grid of them.
+"""`ris run`: evaluate a grid in memory as a Hydra app; `ris run -m ...` sweeps, one job per combination.
 
-Every job reuses what already exists (the prepared collection, and any feature store with the same key, the one
-`dvc repro` wrote included), fits the reducer and builds the index in memory, and logs one MLflow run.
+A job is a grid like `dvc repro`'s (usually one cell: ``ris run -m grid.dims=64,128 grid.indexes=annoy,brute``
+gives four one-cell jobs). Every job reuses what already exists (the prepared collection and split, and any
+feature store with the same key, the one `dvc repro` wrote included; embeddings by image hash otherwise), runs
+each cell through :func:`ris.cell.run_cell`, and logs one MLflow run per cell and protocol.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ris.config import Config, ConfigError, load_config
+from ris.cell import grid_cells, run_cell, track_cell
+from ris.checks import checked_config
+from ris.config import Config
 from ris.data import prepare_collection
+from ris.data.split import split_collection, splits_for_rows
 from ris.embed.extract import plan_extraction, run_extraction
 from ris.embed.store import FeatureSet, load_features, stored_key
-from ris.experiment import build_index, evaluate_variant, folder_bytes, single_variant, track_variant
+from ris.errors import UserFacingError
+from ris.evaluate.protocols import PROTOCOLS
 from ris.paths import CONF_DIR, PipelinePaths
-from ris.reduce import fit_reducer
 
 log = logging.getLogger("ris.run")
 
 
 def features_for(cfg: Config) -> FeatureSet:
-    """The collection's embeddings for ``cfg.backbone``: the DVC stage's store when its key matches, else a cache
-    folder per key under ``<artifacts>/cache/features`` (extracted once, reused by every later job)."""
+    """The collection's embeddings for ``cfg.backbone``: the DVC stage's store when its key matches, else a store
+    per key under ``<artifacts>/cache/features`` (built from the embedding cache, so images are embedded once)."""
     paths = PipelinePaths(cfg)
     if not paths.image_table.exists():
         prepare_collection(cfg.data)
@@ -37,34 +42,37 @@ def features_for(cfg: Config) -> FeatureSet:
     for folder in (paths.features_dir, cached):
         if stored_key(folder) == plan.key:
             log.info("reusing features %s from %s", plan.key, folder)
-            return load_features(folder)
-    return run_extraction(plan, paths.images_dir, cached)
+            return load_features(folder, expect_key=plan.key)
+    cache_dir = paths.embedding_cache / cfg.backbone.name / plan.extractor_key
+    return run_extraction(plan, paths.images_dir, cached, cache_dir=cache_dir)
 
 
-def run_variant(cfg: Config) -> dict[str, float]:
-    """Reduce, index, evaluate and track the variant ``cfg`` selects; return its metrics."""
-    variant = single_variant(cfg)
+def splits_for(cfg: Config, features: FeatureSet) -> np.ndarray | None:
+    """The split of every feature row, made from ``data.split`` (None when no configured protocol needs one)."""
+    if not any(PROTOCOLS[name].needs_split for name in cfg.eval.protocols):
+        return None
+    return splits_for_rows(split_collection(features.rows, cfg.data.split), features.rows)
+
+
+def run_grid(cfg: Config) -> list[dict]:
+    """Evaluate and track every cell of ``cfg.grid``; return their reports."""
     features = features_for(cfg)
-    try:
-        reducer = fit_reducer(features.embeddings, variant.dim, method=cfg.reduce.method, whiten=cfg.reduce.whiten)
-    except ValueError as error:
-        raise ConfigError(f"config key 'reduce.dim' is {variant.dim}: {error}") from error
-    vectors = reducer.transform(features.embeddings)
-    index, build_seconds = build_index(vectors, variant.index)
-    with tempfile.TemporaryDirectory() as folder:
-        index.save(Path(folder))
-        index_bytes = folder_bytes(Path(folder))
-    metrics = evaluate_variant(index, vectors, features.labels, cfg)
-    metrics.update({"index_build_seconds": build_seconds, "index_bytes": index_bytes,
-                    "vector_dim": reducer.output_dim, "pca_explained_variance": reducer.explained_variance})
-    track_variant(cfg, variant, metrics, source="hydra", features_key=features.meta["key"])
-    log.info("%s: %s", variant.name, json.dumps({key: round(value, 4) for key, value in metrics.items()}))
-    return metrics
+    splits = splits_for(cfg, features)
+    reports = []
+    for cell in grid_cells(cfg):
+        result = run_cell(cfg, cell, features, splits)
+        track_cell(cfg, result, source="hydra", features_key=features.key)
+        log.info("%s: %s", cell.name, json.dumps(result.report()["protocols"], default=float))
+        reports.append(result.report())
+    return reports
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(raw: DictConfig) -> float:
-    """Hydra entry point; returns the book-protocol precision so sweepers can optimise it."""
-    cfg = load_config(OmegaConf.to_container(raw, resolve=True), check_model=True)  # type: ignore[arg-type]
-    metrics = run_variant(cfg)
-    return metrics[f"book_precision_at_{cfg.eval.k}"]
+    """Hydra entry point; returns the first cell's first-protocol MAP@R so sweepers can optimise it."""
+    try:
+        cfg = checked_config(OmegaConf.to_container(raw, resolve=True), check_model=True)  # type: ignore[arg-type]
+        reports = run_grid(cfg)
+    except UserFacingError as error:
+        raise SystemExit(f"ris run: {error}") from None
+    return reports[0]["protocols"][cfg.eval.protocols[0]]["map_at_r"]

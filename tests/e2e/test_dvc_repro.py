@@ -63,44 +63,51 @@ def test_repro_writes_every_output(reproduced: Path) -> None:
     assert extract["weights"]["kind"] == "random" and extract["preprocessing"]["input_size"] == [3, 160, 160]
     features = reproduced / "artifacts/features/test_efficientnet"
     assert pd.read_parquet(features / "rows.parquet")["class"].nunique() == 3
+    assert json.loads((reproduced / "reports/split.json").read_text())["images"] == {"train": 12, "val": 3, "test": 3}
     for dim in ("full", "8"):
-        assert (reproduced / f"artifacts/reduced/test_efficientnet/{dim}/features.npy").exists()
+        assert (reproduced / f"artifacts/reduced/test_efficientnet/{dim}/reduced.json").exists()
         for index in ("brute", "annoy"):
             assert (reproduced / f"artifacts/indexes/test_efficientnet/{dim}/{index}/index.json").exists()
     results = pd.read_csv(reproduced / "reports/results.csv")
-    assert sorted(zip(results["dim"].astype(str), results["index"], strict=True)) == [
-        ("8", "annoy"), ("8", "brute"), ("full", "annoy"), ("full", "brute")]
+    assert sorted(zip(results["dim"].astype(str), results["index"], results["protocol"], strict=True)) == sorted(
+        (dim, index, protocol) for dim in ("8", "full") for index in ("annoy", "brute")
+        for protocol in ("book", "heldout"))
 
 
 def test_metrics_are_sane_and_exact_search_has_full_recall(reproduced: Path) -> None:
     extract_dim = json.loads((reproduced / "reports/extract/test_efficientnet.json").read_text())["dim"]
     for dim in ("full", "8"):
-        brute = json.loads((reproduced / f"reports/metrics/test_efficientnet/{dim}-brute.json").read_text())["metrics"]
-        annoy = json.loads((reproduced / f"reports/metrics/test_efficientnet/{dim}-annoy.json").read_text())["metrics"]
-        assert brute["recall_at_10_vs_exact"] == 1.0  # the saved, reloaded index against a fresh exact search
-        assert 0.0 <= annoy["recall_at_10_vs_exact"] <= 1.0
-        for metrics in (brute, annoy):
-            assert 0.0 <= metrics["book_precision_at_4"] <= 1.0 and metrics["queries"] == 18
-            assert metrics["latency_queries"] == 50 and metrics["latency_k"] == 10 and metrics["qps"] > 0
-            assert metrics["vector_dim"] == (8 if dim == "8" else extract_dim)
+        brute = json.loads((reproduced / f"reports/metrics/test_efficientnet/{dim}-brute.json").read_text())
+        annoy = json.loads((reproduced / f"reports/metrics/test_efficientnet/{dim}-annoy.json").read_text())
+        for protocol, queries, gallery in (("book", 18, 18), ("heldout", 3, 15)):
+            # The saved, reloaded index against a fresh exact search.
+            assert brute["protocols"][protocol]["ann_recall_at_10"] == 1.0
+            assert 0.0 <= annoy["protocols"][protocol]["ann_recall_at_10"] <= 1.0
+            for report in (brute, annoy):
+                metrics = report["protocols"][protocol]
+                assert 0.0 <= metrics["precision_at_4"] <= 1.0 and 0.0 <= metrics["recall_at_5"] <= 1.0
+                assert metrics["queries"] == queries and metrics["gallery_size"] == gallery
+        for report in (brute, annoy):
+            assert report["cell"]["qps"] > 0 and report["cell"]["vector_dim"] == (8 if dim == "8" else extract_dim)
     metrics_shown = _run(["dvc", "metrics", "show", "--json"], reproduced).stdout
-    assert "book_precision_at_4" in metrics_shown
+    assert "protocols.heldout.map_at_r" in metrics_shown or "map_at_r" in metrics_shown
 
 
-def test_mlflow_has_one_tagged_run_per_cell(reproduced: Path) -> None:
+def test_mlflow_has_one_tagged_run_per_cell_and_protocol(reproduced: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{reproduced / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ris")
     runs = client.search_runs([experiment.experiment_id])
-    cells = sorted((run.data.tags["dim"], run.data.tags["algorithm"]) for run in runs)
-    assert cells == [("8", "annoy"), ("8", "brute"), ("full", "annoy"), ("full", "brute")]
+    cells = sorted((run.data.tags["dim"], run.data.tags["index"], run.data.tags["protocol"]) for run in runs)
+    assert cells == sorted((dim, index, protocol) for dim in ("8", "full") for index in ("annoy", "brute")
+                           for protocol in ("book", "heldout"))
     head = _run(["git", "rev-parse", "HEAD"], reproduced).stdout.strip()
     for run in runs:
         assert run.data.tags["backbone"] == "test_efficientnet"
         assert run.data.tags["git_commit"].startswith(head)
-        assert "book_precision_at_4" in run.data.metrics and "latency_p50_us" in run.data.metrics
-        assert run.data.params["index.name"] == run.data.tags["algorithm"]
+        assert "precision_at_4" in run.data.metrics and "latency_p50_us" in run.data.metrics
+        assert run.data.params["index.family"] == run.data.tags["algorithm"]
 
 
 def test_second_repro_is_a_no_op(reproduced: Path) -> None:

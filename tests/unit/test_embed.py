@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from conftest import make_image_tree
 from safetensors.torch import save_file
 
+from ris.artifacts import ArtifactError
 from ris.config import BackboneConfig
 from ris.data import scan_images
 from ris.embed.extract import extract_features, plan_extraction, select_rows
@@ -77,6 +79,57 @@ def test_store_is_reused_by_key_and_recomputed_when_the_key_changes(image_tree: 
     assert unnormalised.meta["key"] != first.meta["key"]
     assert not np.allclose(np.linalg.norm(unnormalised.embeddings, axis=1), 1.0)
     assert load_features(store).meta["key"] == unnormalised.meta["key"]
+
+
+def test_a_grown_collection_embeds_only_its_new_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """5 images added to a collection: exactly those 5 are embedded, the rest come from the embedding cache by
+    content hash, and the store equals a full re-extraction; removing images embeds nothing."""
+    import ris.embed.extract as extract_module
+
+    collection = make_image_tree(tmp_path / "images", classes=3, per_class=4)
+    cache = tmp_path / "cache"
+    embedded: list[int] = []
+    real_embed = extract_module.embed_images
+
+    def counting_embed(plan, paths, **kwargs):  # type: ignore[no-untyped-def]
+        embedded.append(len(paths))
+        return real_embed(plan, paths, **kwargs)
+
+    monkeypatch.setattr(extract_module, "embed_images", counting_embed)
+    table, _ = scan_images(collection, progress=False)
+    first = extract_features(table, collection, tiny_backbone(), tmp_path / "store", cache_root=cache,
+                             progress=False)
+    assert embedded == [12] and first.meta["embedded"] == 12
+
+    make_image_tree(tmp_path / "more", classes=3, per_class=6, seed=5)  # new pixels: new content hashes
+    for image in sorted((tmp_path / "more").rglob("image_000[4-5].jpg"))[:5]:
+        (collection / image.parent.name / f"new_{image.name}").write_bytes(image.read_bytes())
+    grown, _ = scan_images(collection, progress=False)
+    assert len(grown) == 17
+    incremental = extract_features(grown, collection, tiny_backbone(), tmp_path / "store", cache_root=cache,
+                                   progress=False)
+    assert embedded == [12, 5]
+    assert (incremental.meta["embedded"], incremental.meta["reused"]) == (5, 12)
+
+    full = extract_features(grown, collection, tiny_backbone(), tmp_path / "full", progress=False)  # no cache
+    assert embedded == [12, 5, 17]
+    assert incremental.key == full.key
+    pd.testing.assert_frame_equal(incremental.rows, full.rows)
+    np.testing.assert_allclose(incremental.embeddings, full.embeddings, atol=1e-6)
+
+    shrunk = grown[~grown["path"].str.contains("image_0000")].reset_index(drop=True)
+    smaller = extract_features(shrunk, collection, tiny_backbone(), tmp_path / "store", cache_root=cache,
+                               progress=False)
+    assert embedded == [12, 5, 17] and len(smaller.rows) == len(shrunk) == 14
+
+
+def test_a_damaged_feature_store_is_caught_on_load(image_tree: Path, tmp_path: Path):
+    table, _ = scan_images(image_tree, progress=False)
+    extract_features(table, image_tree, tiny_backbone(), tmp_path / "store", progress=False)
+    matrix = tmp_path / "store" / "embeddings.npy"
+    matrix.write_bytes(matrix.read_bytes()[: matrix.stat().st_size // 2])
+    with pytest.raises(ArtifactError, match="embeddings.npy|embeddings"):
+        load_features(tmp_path / "store")
 
 
 def test_key_depends_on_the_images(image_tree: Path):

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ris.config import ConfigError
-from ris.evaluate import recall_against_exact
-from ris.index import INDEX_CLASSES, AnnoyIndex, BruteForceIndex, index_class, load_index
+from ris.artifacts import ArtifactError
+from ris.config import IndexConfig
+from ris.evaluate.metrics import recall_against_exact
+from ris.index import INDEX_FAMILIES, AnnoyIndex, BruteForceIndex, IndexStore, index_family
 from ris.index.base import NearestNeighbourIndex
+from ris.index.registry import UnknownSettingError
 
 DIM = 16
 
@@ -118,45 +120,72 @@ def test_incremental_add_continues_ids(cls: type[NearestNeighbourIndex]) -> None
 def test_brute_add_after_load_continues_ids(tmp_path: Path) -> None:
     """A loaded (memory-mapped) brute index still accepts more vectors, numbered after the saved ones."""
     gallery = _gaussian(30, seed=11)
-    BruteForceIndex.build(gallery[:20]).save(tmp_path / "brute")
-    index = load_index(tmp_path / "brute")
+    IndexStore.build(gallery[:20], IndexConfig("brute"), {}).save(tmp_path / "brute")
+    index = IndexStore.load(tmp_path / "brute").index
     index.add(gallery[20:])
     assert len(index) == 30
     ids, _ = index.search(gallery[[5, 25]], 1)
     np.testing.assert_array_equal(ids[:, 0], [5, 25])
 
 
-@pytest.mark.parametrize("cls, params", [(BruteForceIndex, {"block_size": 16}),
-                                         (AnnoyIndex, {"n_trees": 5, "search_k": 200, "seed": 3})])
+@pytest.mark.parametrize("family, params", [("brute", {"block_size": 16}),
+                                            ("annoy", {"n_trees": 5, "search_k": 200, "seed": 3})])
 @pytest.mark.parametrize("metric", ["euclidean", "angular"])
-def test_save_load_round_trip(tmp_path: Path, cls: type[NearestNeighbourIndex], params: dict, metric: str) -> None:
-    """Results after :func:`load_index` equal those before; the description names class, metric and settings."""
+def test_store_round_trip(tmp_path: Path, family: str, params: dict, metric: str) -> None:
+    """Results after :meth:`IndexStore.load` equal those before; the description names family, metric, settings,
+    size, build time, footprint and provenance."""
     gallery, queries = _clustered(200, seed=12), _clustered(20, seed=13)
-    index = cls.build(gallery, metric, **params)
-    before = index.search(queries, 7)
-    index.save(tmp_path / "index")
+    store = IndexStore.build(gallery, IndexConfig(family, metric, params), {"features_key": "abc", "dim": "8"})
+    before = store.index.search(queries, 7)
+    store.save(tmp_path / "index")
 
     description = json.loads((tmp_path / "index" / "index.json").read_text())
-    assert description["name"] == cls.name
+    assert description["format"] == "ris.index" and description["family"] == family
     assert description["metric"] == metric
     assert description["size"] == 200 and description["dim"] == DIM
-    assert description["params"] == {**cls.defaults, **params}
+    assert description["params"] == {**INDEX_FAMILIES[family].defaults, **params}
+    assert description["built_from"] == {"features_key": "abc", "dim": "8"}
+    assert description["index_bytes"] == store.index_bytes > 0 and description["build_seconds"] >= 0
 
-    loaded = load_index(tmp_path / "index")
-    assert type(loaded) is cls
-    assert (len(loaded), loaded.dim, loaded.metric, loaded.params) == (200, DIM, metric, index.params)
-    after = loaded.search(queries, 7)
+    loaded = IndexStore.load(tmp_path / "index", expect={"features_key": "abc"})
+    assert type(loaded.index) is INDEX_FAMILIES[family]
+    assert (len(loaded.index), loaded.index.dim, loaded.index.metric) == (200, DIM, metric)
+    after = loaded.index.search(queries, 7)
     np.testing.assert_array_equal(after[0], before[0])
     np.testing.assert_array_equal(after[1], before[1])
 
 
+def test_store_made_for_other_features_is_refused(tmp_path: Path) -> None:
+    """Loading an index built from other features fails naming the file, both keys and what to run."""
+    IndexStore.build(_gaussian(20, seed=1), IndexConfig("brute"), {"features_key": "old", "dim": "8"}).save(
+        tmp_path / "index")
+    with pytest.raises(ArtifactError) as caught:
+        IndexStore.load(tmp_path / "index", expect={"features_key": "new", "dim": "8"})
+    message = str(caught.value)
+    assert "index.json" in message and "'old'" in message and "'new'" in message and "dvc repro" in message
+
+
+def test_damaged_annoy_file_is_caught_on_load(tmp_path: Path) -> None:
+    """A truncated Annoy file is an ArtifactError at load, never a silently smaller gallery."""
+    IndexStore.build(_clustered(300, seed=2), IndexConfig("annoy", params={"n_trees": 5}), {}).save(tmp_path / "a")
+    data = tmp_path / "a" / "annoy.ann"
+    data.write_bytes(data.read_bytes()[: int(data.stat().st_size * 0.9)])
+    with pytest.raises(ArtifactError, match="dvc repro"):
+        IndexStore.load(tmp_path / "a")
+
+
+def test_missing_store_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="not found: run `dvc repro`"):
+        IndexStore.load(tmp_path / "nothing")
+
+
 def test_registry() -> None:
-    """Every index is registered under its name; an unknown name is a KeyError listing the known ones."""
-    assert index_class("brute") is BruteForceIndex
-    assert index_class("annoy") is AnnoyIndex
-    assert set(INDEX_CLASSES) == {"brute", "annoy"}
-    with pytest.raises(KeyError, match="brute, annoy"):
-        index_class("faiss")
+    """Every family is registered under its name; an unknown name is a KeyError listing the known ones."""
+    assert index_family("brute") is BruteForceIndex
+    assert index_family("annoy") is AnnoyIndex
+    assert set(INDEX_FAMILIES) == {"brute", "annoy"}
+    with pytest.raises(KeyError, match="annoy, brute"):
+        index_family("faiss")
 
 
 def test_annoy_recall_on_clustered_data() -> None:
@@ -186,9 +215,8 @@ def test_annoy_distances_match_brute() -> None:
 
 @pytest.mark.parametrize("cls, bad", [(BruteForceIndex, "n_trees"), (AnnoyIndex, "n_trees2")])
 def test_unknown_params_rejected(cls: type[NearestNeighbourIndex], bad: str) -> None:
-    """A setting the algorithm does not have is a ConfigError naming the key and the allowed settings."""
-    with pytest.raises(ConfigError) as caught:
+    """A setting the family does not have is refused, naming it and the allowed settings."""
+    with pytest.raises(UnknownSettingError) as caught:
         cls.build(_gaussian(10, seed=18), **{bad: 3})
-    message = str(caught.value)
-    assert f"index.params.{bad}" in message
-    assert all(name in message for name in cls.defaults)
+    assert caught.value.setting == bad and caught.value.allowed == list(cls.defaults)
+    assert all(name in str(caught.value) for name in cls.defaults)

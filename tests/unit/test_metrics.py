@@ -1,4 +1,4 @@
-"""Retrieval metrics on hand-computed cases, leave-one-out search, latency measurement and the book protocol."""
+"""Retrieval metrics on hand-computed cases, leave-one-out search, latency, the protocols and the declarations."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ import numpy as np
 import pytest
 
 from ris.config import EvalConfig, LatencyConfig
-from ris.evaluate import (
-    PROTOCOLS,
-    evaluate_book,
-    leave_one_out_search,
+from ris.evaluate.declarations import cell_metrics, format_value, protocol_metrics
+from ris.evaluate.evaluation import evaluate_queries
+from ris.evaluate.latency import measure_latency
+from ris.evaluate.metrics import (
+    average_precision_at_r,
     mean_average_precision_at_r,
-    measure_latency,
     precision_at_k,
+    ranked_neighbours,
     recall_against_exact,
+    recall_at_k,
+    same_class,
 )
-from ris.evaluate.metrics import average_precision_at_r
+from ris.evaluate.protocols import PROTOCOLS, QuerySet
 from ris.index import AnnoyIndex, BruteForceIndex
 from ris.index.base import NearestNeighbourIndex
 
@@ -84,24 +87,36 @@ def _clusters(classes: int, per_class: int, dim: int = 8, spread: float = 0.05, 
     return (centres[labels] + rng.normal(0.0, spread, (len(labels), dim))).astype(np.float32), labels
 
 
-def _eval_cfg(**latency: Any) -> EvalConfig:
-    return EvalConfig(k=4, recall_k=5, latency=LatencyConfig(**{"queries": 20, "warmup": 2, **latency}))
+def _eval_cfg(**changes: Any) -> EvalConfig:
+    return EvalConfig(**{"k": 4, "recall_ks": [1, 5], "ann_recall_k": 5,
+                         "latency": LatencyConfig(queries=20, warmup=2), **changes})
+
+
+def _book(index: NearestNeighbourIndex, vectors: np.ndarray, labels: np.ndarray, cfg: EvalConfig | None = None):
+    return evaluate_queries(index, vectors, labels, PROTOCOLS["book"].select(labels, None), cfg or _eval_cfg())
+
+
+def _leave_one_out(index: NearestNeighbourIndex, queries: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    return ranked_neighbours(index, queries, self_ids, k)
 
 
 def test_leave_one_out_on_the_line() -> None:
     """Brute search with the query itself removed gives the neighbour lists worked out by hand above."""
-    index = BruteForceIndex.build(LINE)
-    neighbours = leave_one_out_search(index, LINE, np.arange(6), 5)
+    neighbours = _leave_one_out(BruteForceIndex.build(LINE), LINE, np.arange(6), 5)
     np.testing.assert_array_equal(neighbours, LINE_NEIGHBOURS)
 
 
-def test_precision_on_the_line() -> None:
-    """P@1 and P@4 of the six-point line, computed by hand from the table above."""
-    neighbours = leave_one_out_search(BruteForceIndex.build(LINE), LINE, np.arange(6), 4)
+def test_precision_and_recall_at_k_on_the_line() -> None:
+    """P@1, P@4, R@1 and R@2 of the six-point line, computed by hand from the table above."""
+    matches = same_class(_leave_one_out(BruteForceIndex.build(LINE), LINE, np.arange(6), 4), LINE_LABELS,
+                         LINE_LABELS)
     # P@1: first neighbours 1(A) 0(A) 1(A) 3(B) 7(A) 15(B) against A A B A B B -> hits 1 1 0 0 0 1 -> 3/6.
-    assert precision_at_k(neighbours, LINE_LABELS, LINE_LABELS, 1) == pytest.approx(1 / 2, abs=1e-12)
+    assert precision_at_k(matches, 1) == pytest.approx(1 / 2, abs=1e-12)
     # P@4: same-class hits in the first four: 2, 2, 1, 2, 1, 2 -> (10 / 4) / 6 = 5/12.
-    assert precision_at_k(neighbours, LINE_LABELS, LINE_LABELS, 4) == pytest.approx(5 / 12, abs=1e-12)
+    assert precision_at_k(matches, 4) == pytest.approx(5 / 12, abs=1e-12)
+    # R@1 = P@1; R@2: a hit among the first two for 0, 1, 7 (1(A)), 15 (3(B)), 31; not for 3 (1(A) 0(A)) -> 5/6.
+    assert recall_at_k(matches, 1) == pytest.approx(1 / 2, abs=1e-12)
+    assert recall_at_k(matches, 2) == pytest.approx(5 / 6, abs=1e-12)
 
 
 def test_map_at_r_on_the_line() -> None:
@@ -113,7 +128,8 @@ def test_map_at_r_on_the_line() -> None:
     Mean: (1/2 + 1/2 + 1/4 + 0 + 1/4 + 1/2) / 6 = 2/6 = 1/3.
     """
     index = BruteForceIndex.build(LINE)
-    assert mean_average_precision_at_r(index, LINE, LINE_LABELS) == pytest.approx(1 / 3, abs=1e-12)
+    result = mean_average_precision_at_r(index, LINE, LINE_LABELS, LINE_LABELS, np.arange(6))
+    assert result == pytest.approx(1 / 3, abs=1e-12)
 
 
 def test_map_at_r_skips_singleton_classes() -> None:
@@ -123,33 +139,63 @@ def test_map_at_r_skips_singleton_classes() -> None:
     """
     points = np.vstack([LINE, [[100.0]]]).astype(np.float32)
     labels = np.append(LINE_LABELS, "C")
-    assert mean_average_precision_at_r(BruteForceIndex.build(points), points, labels) == pytest.approx(1 / 3,
-                                                                                                       abs=1e-12)
+    result = mean_average_precision_at_r(BruteForceIndex.build(points), points, labels, labels, np.arange(7))
+    assert result == pytest.approx(1 / 3, abs=1e-12)
+
+
+def test_heldout_queries_search_a_gallery_that_excludes_them() -> None:
+    """Queries apart from the gallery: no self-exclusion, R = same-class gallery images.
+
+    Gallery: the line's points 0, 1, 3, 7 (A A B A); queries 2.2 (label B) and 20.0 (label B); R = 1 (one B).
+      2.2 -> 3(B) 1(A) 0(A) 7(A): P@1 1, P@4 1/4, R@1 1, R@2 1, AP@R 1.
+      20.0 -> 7(A) 3(B) 1(A) 0(A): P@1 0, P@4 1/4, R@1 0, R@2 1, AP@R 0.
+    """
+    vectors = np.array([0.0, 1.0, 3.0, 7.0, 2.2, 20.0], dtype=np.float32)[:, None]
+    labels = np.array(["A", "A", "B", "A", "B", "B"])
+    splits = np.array(["train", "train", "val", "train", "test", "test"])
+    query_set = PROTOCOLS["heldout"].select(labels, splits)
+    np.testing.assert_array_equal(query_set.queries, [4, 5])
+    np.testing.assert_array_equal(query_set.gallery, [0, 1, 2, 3])
+    index = BruteForceIndex.build(vectors[query_set.gallery])
+    metrics = evaluate_queries(index, vectors, labels, query_set, _eval_cfg(recall_ks=[1, 2], ann_recall_k=2))
+    assert metrics["precision_at_1"] == 0.5 and metrics["precision_at_4"] == pytest.approx(1 / 4)
+    assert metrics["recall_at_1"] == 0.5 and metrics["recall_at_2"] == 1.0
+    assert metrics["map_at_r"] == 0.5
+    assert (metrics["queries"], metrics["gallery_size"], metrics["ann_recall_at_2"]) == (2, 4, 1.0)
+
+
+def test_heldout_needs_test_and_gallery_images() -> None:
+    labels = np.array(["A", "A"])
+    with pytest.raises(ValueError, match="split"):
+        PROTOCOLS["heldout"].select(labels, None)
+    with pytest.raises(ValueError, match="0 test"):
+        PROTOCOLS["heldout"].select(labels, np.array(["train", "val"]))
 
 
 @pytest.mark.parametrize("ranked, relevant, expected", [
-    (["q", "x", "q"], 2, 1 / 2),  # relevant at ranks 1 and 3; rank 3 is past R: (1*1 + 1/2*0) / 2
-    (["x", "q", "q"], 2, 1 / 4),  # relevant at ranks 2 and 3: (0 + 1/2*1) / 2
-    (["q", "x", "q", "q"], 3, 5 / 9),  # ranks 1, 3 in R = 3: (1 + 2/3) / 3
-    (["q", "q", "x"], 2, 1.0),  # perfect ranking
-    (["x", "x", "q", "q"], 2, 0.0),  # nothing relevant within R
+    ([1, 0, 1], 2, 1 / 2),  # relevant at ranks 1 and 3; rank 3 is past R: (1*1 + 1/2*0) / 2
+    ([0, 1, 1], 2, 1 / 4),  # relevant at ranks 2 and 3: (0 + 1/2*1) / 2
+    ([1, 0, 1, 1], 3, 5 / 9),  # ranks 1, 3 in R = 3: (1 + 2/3) / 3
+    ([1, 1, 0], 2, 1.0),  # perfect ranking
+    ([0, 0, 1, 1], 2, 0.0),  # nothing relevant within R
+    ([1], 2, 1 / 2),  # a short list: the missing rank is a miss
 ])
-def test_average_precision_at_r_known_rankings(ranked: list[str], relevant: int, expected: float) -> None:
+def test_average_precision_at_r_known_rankings(ranked: list[int], relevant: int, expected: float) -> None:
     """AP@R per Musgrave et al. (2020) on rankings worked out by hand."""
-    assert average_precision_at_r(np.array(ranked), "q", relevant) == pytest.approx(expected, abs=1e-12)
+    assert average_precision_at_r(np.array(ranked, dtype=bool), relevant) == pytest.approx(expected, abs=1e-12)
 
 
 def test_leave_one_out_removes_self_wherever_it_is() -> None:
     """The query's own id is removed from any rank; the remaining order is kept."""
     index = FixedIndex(np.array([[5, 0, 7, 8], [1, 4, 6, 9], [3, 4, 6, 2]]))
-    neighbours = leave_one_out_search(index, np.zeros((3, 1)), np.array([0, 1, 2]), 3)
+    neighbours = _leave_one_out(index, np.zeros((3, 1)), np.array([0, 1, 2]), 3)
     np.testing.assert_array_equal(neighbours, [[5, 7, 8], [4, 6, 9], [3, 4, 6]])
 
 
 def test_leave_one_out_drops_last_when_self_is_missing() -> None:
     """When the index does not return the query itself, the (k+1)-th neighbour is dropped instead."""
     index = FixedIndex(np.array([[3, 4, 6], [2, 5, 1], [9, 8, 7]]))
-    neighbours = leave_one_out_search(index, np.zeros((3, 1)), np.array([0, 1, 7]), 2)
+    neighbours = _leave_one_out(index, np.zeros((3, 1)), np.array([0, 1, 7]), 2)
     # Query 0 misses itself (drop 6); query 1 finds itself at rank 3 (drop it); query 7 finds itself last.
     np.testing.assert_array_equal(neighbours, [[3, 4], [2, 5], [9, 8]])
 
@@ -157,8 +203,9 @@ def test_leave_one_out_drops_last_when_self_is_missing() -> None:
 def test_padding_is_never_a_hit() -> None:
     """An id of -1 (an index that found fewer than k) counts as a miss, not as the last item (labels[-1])."""
     labels = np.array([0, 0, 1, 1, 0])  # the last item shares query 0's label
-    assert precision_at_k(np.array([[1, -1]]), labels[:1], labels, 2) == 0.5
-    assert precision_at_k(np.array([[-1, -1]]), labels[:1], labels, 2) == 0.0
+    assert precision_at_k(same_class(np.array([[1, -1]]), labels[:1], labels), 2) == 0.5
+    assert precision_at_k(same_class(np.array([[-1, -1]]), labels[:1], labels), 2) == 0.0
+    assert recall_at_k(same_class(np.array([[-1, -1]]), labels[:1], labels), 2) == 0.0
 
 
 def test_map_at_r_with_short_neighbour_lists() -> None:
@@ -168,8 +215,8 @@ def test_map_at_r_with_short_neighbour_lists() -> None:
     """
     index = FixedIndex(np.array([[0, 1, -1], [1, -1, -1], [2, 0, 1]]))
     labels = np.array(["A", "A", "A"])
-    assert mean_average_precision_at_r(index, np.zeros((3, 1)), labels) == pytest.approx(1 / 2, abs=1e-12)
-    assert average_precision_at_r(np.array(["q"]), "q", 2) == pytest.approx(1 / 2, abs=1e-12)
+    result = mean_average_precision_at_r(index, np.zeros((3, 1)), labels, labels, np.arange(3))
+    assert result == pytest.approx(1 / 2, abs=1e-12)
 
 
 def test_recall_against_exact() -> None:
@@ -189,53 +236,65 @@ def test_measure_latency_shape_and_calls() -> None:
     result = measure_latency(index, vectors, cfg, k=2)
 
     assert index.calls == [(1, 2)] * (3 + 40)
-    assert result["latency_queries"] == 40
-    assert result["latency_threads"] == 1
     assert 0 < result["latency_p50_us"] <= result["latency_p95_us"] <= result["latency_p99_us"]
-    assert result["latency_mean_us"] > 0
-    assert result["qps"] == pytest.approx(1e6 / result["latency_mean_us"])
+    assert result["qps"] > 0
+    assert set(result) == {spec.key for spec in cell_metrics() if spec.unit in ("us", "qps")}
 
 
-def test_evaluate_book_separated_clusters_brute() -> None:
-    """Perfectly separated classes: every precision, MAP@R and recall is 1 for exact search."""
+def test_book_separated_clusters_brute() -> None:
+    """Perfectly separated classes: every precision, R@k, MAP@R and recall is 1 for exact search."""
     vectors, labels = _clusters(4, 8)
-    index = BruteForceIndex.build(vectors)
-    metrics = evaluate_book(index, vectors, labels, _eval_cfg())
-
-    assert metrics["book_precision_at_4"] == 1.0
-    assert metrics["book_precision_at_1"] == 1.0
-    assert metrics["book_map_at_r"] == 1.0
-    assert metrics["recall_at_5_vs_exact"] == 1.0
-    assert metrics["latency_queries"] == 20
-    assert (metrics["queries"], metrics["gallery_size"], metrics["classes"]) == (32, 32, 4)
-    assert PROTOCOLS["book"] is evaluate_book
+    metrics = _book(BruteForceIndex.build(vectors), vectors, labels)
+    assert metrics["precision_at_4"] == metrics["precision_at_1"] == metrics["map_at_r"] == 1.0
+    assert metrics["recall_at_1"] == metrics["recall_at_5"] == metrics["ann_recall_at_5"] == 1.0
+    assert (metrics["queries"], metrics["gallery_size"]) == (32, 32)
 
 
-def test_evaluate_book_annoy_matches_exact_on_easy_data() -> None:
+def test_book_annoy_matches_exact_on_easy_data() -> None:
     """On separated clusters an Annoy index that inspects the whole gallery also scores 1 everywhere."""
     vectors, labels = _clusters(4, 8)
-    index = AnnoyIndex.build(vectors, n_trees=10, search_k=10_000)
-    metrics = evaluate_book(index, vectors, labels, _eval_cfg())
-    assert metrics["book_precision_at_4"] == 1.0
-    assert metrics["book_map_at_r"] == 1.0
-    assert metrics["recall_at_5_vs_exact"] == 1.0
+    metrics = _book(AnnoyIndex.build(vectors, n_trees=10, search_k=10_000), vectors, labels)
+    assert metrics["precision_at_4"] == metrics["map_at_r"] == metrics["ann_recall_at_5"] == 1.0
 
 
-def test_evaluate_book_recall_of_poor_annoy_is_below_one() -> None:
+def test_book_recall_of_poor_annoy_is_below_one() -> None:
     """Recall is measured against exact search, not assumed: a one-tree Annoy with a tiny search_k misses some."""
     vectors, labels = _clusters(10, 30, dim=16, spread=5.0, seed=1)
-    index = AnnoyIndex.build(vectors, n_trees=1, search_k=1)
-    metrics = evaluate_book(index, vectors, labels, _eval_cfg())
-    assert metrics["recall_at_5_vs_exact"] < 0.9
+    metrics = _book(AnnoyIndex.build(vectors, n_trees=1, search_k=1), vectors, labels)
+    assert metrics["ann_recall_at_5"] < 0.9
 
 
-def test_evaluate_book_random_labels_low_precision() -> None:
+def test_book_random_labels_low_precision() -> None:
     """Labels unrelated to the vectors give precision near chance (1/4 with four classes), far below 1."""
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(80, 8)).astype(np.float32)
     labels = rng.integers(0, 4, size=80)
-    metrics = evaluate_book(BruteForceIndex.build(vectors), vectors, labels, _eval_cfg())
-    assert metrics["book_precision_at_4"] < 0.5
-    assert metrics["book_precision_at_1"] < 0.5
-    assert metrics["book_map_at_r"] < 0.5
-    assert metrics["recall_at_5_vs_exact"] == 1.0  # still exact search
+    metrics = _book(BruteForceIndex.build(vectors), vectors, labels)
+    assert metrics["precision_at_4"] < 0.5 and metrics["precision_at_1"] < 0.5 and metrics["map_at_r"] < 0.5
+    assert metrics["ann_recall_at_5"] == 1.0  # still exact search
+
+
+@pytest.mark.parametrize("k, recall_ks", [(4, [1, 5, 10]), (5, [2]), (1, [3, 1])])
+def test_evaluation_returns_exactly_the_declared_metrics_for_any_k(k: int, recall_ks: list[int]) -> None:
+    """Whatever eval.k and eval.recall_ks are, the evaluation returns the declared keys, in declared order."""
+    vectors, labels = _clusters(3, 6)
+    cfg = _eval_cfg(k=k, recall_ks=recall_ks)
+    metrics = _book(BruteForceIndex.build(vectors), vectors, labels, cfg)
+    assert list(metrics) == [spec.key for spec in protocol_metrics(cfg)]
+    assert f"precision_at_{k}" in metrics and all(f"recall_at_{value}" in metrics for value in recall_ks)
+    titles = [spec.title for spec in protocol_metrics(cfg)]
+    assert f"mP@{k}" in titles and len(titles) == len(set(titles))
+
+
+def test_format_value_by_unit() -> None:
+    specs = {spec.key: spec for spec in [*protocol_metrics(EvalConfig()), *cell_metrics()]}
+    assert format_value(specs["map_at_r"], 0.56571) == "56.57 %"
+    assert format_value(specs["latency_p50_us"], 1234.4) == "1,234"
+    assert format_value(specs["index_bytes"], 3_500_000) == "3.5"
+    assert format_value(specs["index_build_seconds"], 0.456) == "0.46"
+    assert format_value(specs["map_at_r"], None) == ""
+
+
+def test_query_set_knows_when_its_gallery_is_everything() -> None:
+    assert QuerySet(np.arange(3), np.arange(3), True).gallery_is_everything(3)
+    assert not QuerySet(np.arange(1), np.array([1, 2]), False).gallery_is_everything(3)

@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.decomposition import PCA
 
-from ris.reduce import FeatureReducer, fit_reducer
+from ris.artifacts import ArtifactError
+from ris.config import ConfigError, ReduceConfig
+from ris.embed.store import FeatureSet
+from ris.reduce import ReducedStore, fit_reducer
 
 
 def _features(rows: int = 60, cols: int = 20, seed: int = 0) -> np.ndarray:
@@ -23,7 +27,7 @@ def test_identity(dim: int | None, method: str) -> None:
     """No dimension, method 'none', or the full width keeps the features unchanged (as float32)."""
     features = _features()
     reducer = fit_reducer(features, dim, method=method)
-    assert reducer.pca is None
+    assert reducer.components is None and reducer.method == "none"
     assert reducer.input_dim == reducer.output_dim == 20
     assert reducer.explained_variance == 1.0
     reduced = reducer.transform(features)
@@ -56,26 +60,52 @@ def test_pca_components_are_uncorrelated() -> None:
     assert np.all(np.diff(np.diag(covariance)) < 0)
 
 
-def test_whiten_gives_unit_variance() -> None:
-    """``whiten=True`` scales every kept component to unit variance."""
+def test_whiten_gives_unit_variance_as_sklearn_does() -> None:
+    """``whiten=True`` scales every kept component to unit variance, exactly as scikit-learn's PCA."""
     features = _features()
     reduced = fit_reducer(features, 4, whiten=True).transform(features)
     np.testing.assert_allclose(reduced.var(axis=0, ddof=1), 1.0, rtol=1e-3)
+    reference = PCA(n_components=4, whiten=True, svd_solver="full").fit(features.astype(np.float32))
+    np.testing.assert_allclose(reduced, reference.transform(features), rtol=1e-4, atol=1e-4)
+
+
+def _feature_set(features: np.ndarray, key: str = "k1") -> FeatureSet:
+    rows = pd.DataFrame({"path": [f"c/{row}.jpg" for row in range(len(features))], "class": "c"})
+    return FeatureSet(features.astype(np.float32), rows, {"key": key, "backbone": {"name": "net"}})
 
 
 @pytest.mark.parametrize("dim", [None, 6])
-def test_save_load_round_trip(tmp_path: Path, dim: int | None) -> None:
-    """A saved reducer transforms new features exactly as the fitted one; the JSON summary describes it."""
+def test_store_round_trip(tmp_path: Path, dim: int | None) -> None:
+    """A saved store's reducer transforms new features exactly as the fitted one; its vectors are the reduced
+    features; its description says what it is and what it was built from."""
     features, new = _features(), _features(seed=1)
-    reducer = fit_reducer(features, dim)
-    reducer.save(tmp_path / "reducer")
-    loaded = FeatureReducer.load(tmp_path / "reducer")
-    np.testing.assert_array_equal(loaded.transform(new), reducer.transform(new))
-    assert (loaded.input_dim, loaded.output_dim) == (reducer.input_dim, reducer.output_dim)
+    store = ReducedStore.fit(_feature_set(features), dim, ReduceConfig())
+    store.save(tmp_path / "reduced")
+    loaded = ReducedStore.load(tmp_path / "reduced", expect={"features_key": "k1"})
+    np.testing.assert_array_equal(loaded.reducer.transform(new), store.reducer.transform(new))
+    np.testing.assert_array_equal(loaded.vectors, store.reducer.transform(features))
+    assert not list((tmp_path / "reduced").glob("*.pkl"))  # arrays, not a pickle: loading executes nothing
 
-    summary = json.loads((tmp_path / "reducer" / "reducer.json").read_text())
-    assert summary == {"input_dim": 20, "output_dim": dim or 20, "method": "pca" if dim else "none",
-                       "explained_variance": pytest.approx(reducer.explained_variance)}
+    description = json.loads((tmp_path / "reduced" / "reduced.json").read_text())
+    assert description["built_from"] == {"backbone": "net", "features_key": "k1", "dim": str(dim or "full")}
+    assert (description["input_dim"], description["output_dim"], description["rows"]) == (20, dim or 20, 60)
+    assert description["method"] == ("pca" if dim else "none")
+    assert description["explained_variance"] == pytest.approx(store.reducer.explained_variance)
+
+
+def test_store_for_other_features_or_damaged_is_refused(tmp_path: Path) -> None:
+    """A reduced store made from other features, or with vectors cut short, fails on load naming the file."""
+    ReducedStore.fit(_feature_set(_features(), key="old"), 4, ReduceConfig()).save(tmp_path / "reduced")
+    with pytest.raises(ArtifactError, match="'old', expected 'new'"):
+        ReducedStore.load(tmp_path / "reduced", expect={"features_key": "new"})
+    np.save(tmp_path / "reduced" / "vectors.npy", np.zeros((59, 4), np.float32))
+    with pytest.raises(ArtifactError, match="vectors are"):
+        ReducedStore.load(tmp_path / "reduced")
+
+
+def test_dim_beyond_the_features_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="grid.dims"):
+        ReducedStore.fit(_feature_set(_features(10, 20)), 11, ReduceConfig())
 
 
 @pytest.mark.parametrize("rows, cols, dim", [(10, 20, 11), (30, 8, 9)])

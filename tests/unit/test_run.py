@@ -1,4 +1,4 @@
-"""`ris run`: one variant per Hydra job, sweeps with -m, one MLflow run per job, features extracted once."""
+"""`ris run`: a grid per Hydra job, sweeps with -m, one MLflow run per cell and protocol, features extracted once."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def _tiny_overrides(images: Path) -> list[str]:
             "hydra.sweep.dir=multirun", "hydra.run.dir=outputs"]
 
 
-def test_multirun_sweeps_dims_and_indexes_into_one_mlflow_run_each(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multirun_sweeps_one_cell_per_job_into_one_mlflow_run_per_protocol(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     images = make_image_tree(tmp_path / "collection", classes=3, per_class=5)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -32,7 +32,7 @@ def test_multirun_sweeps_dims_and_indexes_into_one_mlflow_run_each(tmp_path: Pat
         return run_extraction(plan, *args, **kwargs)
 
     monkeypatch.setattr(ris.run, "run_extraction", counting_extraction)
-    main(["run", "-m", "reduce.dim=4,8", "index=annoy,brute", *_tiny_overrides(images)])
+    main(["run", "-m", "grid.dims=4,8", "grid.indexes=annoy,brute", *_tiny_overrides(images)])
 
     stores = list((tmp_path / "artifacts/cache/features/test_efficientnet").iterdir())
     assert len(stores) == 1 and extractions == [stores[0].name]  # four jobs, one extraction
@@ -41,26 +41,28 @@ def test_multirun_sweeps_dims_and_indexes_into_one_mlflow_run_each(tmp_path: Pat
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("ris").experiment_id])
-    assert sorted((run.data.tags["dim"], run.data.tags["algorithm"]) for run in runs) == [
-        ("4", "annoy"), ("4", "brute"), ("8", "annoy"), ("8", "brute")]
+    cells = sorted((run.data.tags["dim"], run.data.tags["index"], run.data.tags["protocol"]) for run in runs)
+    assert cells == sorted((dim, index, protocol) for dim in ("4", "8") for index in ("annoy", "brute")
+                           for protocol in ("book", "heldout"))
     for run in runs:
         assert run.data.tags["source"] == "hydra" and run.data.metrics["vector_dim"] == int(run.data.tags["dim"])
-        assert 0.0 <= run.data.metrics["book_precision_at_4"] <= 1.0
+        assert 0.0 <= run.data.metrics["precision_at_4"] <= 1.0 and 0.0 <= run.data.metrics["recall_at_5"] <= 1.0
         assert run.data.params["features.key"] == stores[0].name
-    brute_recalls = [run.data.metrics["recall_at_10_vs_exact"] for run in runs if run.data.tags["algorithm"] == "brute"]
-    assert brute_recalls == [1.0, 1.0]
+        assert run.data.metrics["queries"] == (15 if run.data.tags["protocol"] == "book" else 3)
+    brute_recalls = [run.data.metrics["ann_recall_at_10"] for run in runs if run.data.tags["algorithm"] == "brute"]
+    assert brute_recalls == [1.0] * 4
 
-    main(["run", "reduce=none", "index=brute", *_tiny_overrides(images)])  # a later single run reuses the store
+    main(["run", "reduce=none", "grid.dims=full", "grid.indexes=brute", *_tiny_overrides(images)])  # reuses the store
     assert len(extractions) == 1
-    assert len(client.search_runs([client.get_experiment_by_name("ris").experiment_id])) == 5
+    assert len(client.search_runs([client.get_experiment_by_name("ris").experiment_id])) == 10
 
 
 def test_bad_value_is_rejected_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):  # Hydra reports the error and exits 1
-        main(["run", "index.metric=cosine", "hydra.run.dir=outputs"])
-    assert "config key 'index.metric' is 'cosine'; allowed values: euclidean, angular" in capfd.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "indexes.annoy.metric=cosine", "hydra.run.dir=outputs"])
+    assert "config key 'indexes.annoy.metric' is 'cosine'; allowed values: euclidean, angular" in str(caught.value)
     assert not (tmp_path / "data").exists() and not (tmp_path / "artifacts").exists()
 
 

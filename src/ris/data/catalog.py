@@ -13,10 +13,12 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from ris.images import IMAGE_SUFFIXES
+
 logger = logging.getLogger("ris.data")
 
 COLUMNS = ["path", "class", "sha256", "width", "height"]
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 """Suffixes treated as images; anything else (e.g. Caltech101's stray ``BACKGROUND_Google/tmp``) is skipped."""
 
 

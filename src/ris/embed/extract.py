@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,10 +18,22 @@ import timm
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 
+from ris.artifacts import write_description
 from ris.config import BackboneConfig
+from ris.embed.cache import EmbeddingCache
 from ris.embed.lightning import EmbeddingModule, FeatureMatrixWriter, ImageDataModule
-from ris.embed.store import EMBEDDINGS_FILE, META_FILE, ROWS_FILE, FeatureSet, load_features, stored_key
+from ris.embed.store import (
+    EMBEDDINGS_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    ROWS_FILE,
+    FeatureSet,
+    load_features,
+    stored_key,
+)
 from ris.embed.weights import WeightsSource, create_backbone, resolve_weights
+from ris.paths import atomic_folder
 
 log = logging.getLogger("ris.embed")
 
@@ -32,32 +44,35 @@ def select_rows(table: pd.DataFrame, exclude_classes: list[str]) -> pd.DataFrame
     return kept[["path", "class", "sha256"]]
 
 
-def feature_key(backbone: BackboneConfig, source: WeightsSource, data_config: dict[str, Any],
-                rows: pd.DataFrame) -> str:
-    """Identity of a feature matrix: model, weights, preprocessing, numeric precision, normalisation and the exact
-    images (paths, contents and classes)."""
-    listing = "\n".join(rows["path"] + "\t" + rows["sha256"] + "\t" + rows["class"])
-    images = hashlib.sha256(listing.encode()).hexdigest()
+def extractor_key(backbone: BackboneConfig, source: WeightsSource, data_config: dict[str, Any]) -> str:
+    """Identity of the function image -> embedding: model, weights, preprocessing, numeric precision, normalisation."""
     identity = {"model": source.model, "weights": source.identity, "preprocessing": data_config,
-                "precision": backbone.precision, "normalize": backbone.normalize, "images": images}
+                "precision": backbone.precision, "normalize": backbone.normalize}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def feature_key(extractor: str, rows: pd.DataFrame) -> str:
+    """Identity of a feature matrix: the extractor and the exact images (paths, contents and classes, in order)."""
+    listing = "\n".join(rows["path"] + "\t" + rows["sha256"] + "\t" + rows["class"])
+    return hashlib.sha256(f"{extractor}\n{listing}".encode()).hexdigest()[:16]
 
 
 @dataclass
 class ExtractionPlan:
-    """Everything decided before the first image is read: weights, model, preprocessing, images and their key."""
+    """Everything decided before the first image is read: weights, model, preprocessing, images and their keys."""
 
     backbone: BackboneConfig
     source: WeightsSource
     model: torch.nn.Module
     data_config: dict[str, Any]
     rows: pd.DataFrame
+    extractor_key: str
     key: str
 
 
 def plan_extraction(table: pd.DataFrame, backbone: BackboneConfig,
                     exclude_classes: list[str] | None = None) -> ExtractionPlan:
-    """Resolve weights, build the model and its eval preprocessing, select the images, compute the key.
+    """Resolve weights, build the model and its eval preprocessing, select the images, compute the keys.
 
     Raises:
         WeightsUnavailableError: when pretrained weights cannot be had (before any image is read).
@@ -69,68 +84,94 @@ def plan_extraction(table: pd.DataFrame, backbone: BackboneConfig,
     rows = select_rows(table, exclude_classes or [])
     if rows.empty:
         raise ValueError(f"no images to embed after excluding classes {exclude_classes}")
-    return ExtractionPlan(backbone, source, model, data_config, rows, feature_key(backbone, source, data_config, rows))
+    extractor = extractor_key(backbone, source, data_config)
+    return ExtractionPlan(backbone, source, model, data_config, rows, extractor, feature_key(extractor, rows))
 
 
-def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, progress: bool = True) -> FeatureSet:
-    """Embed ``plan.rows`` under ``Trainer.predict`` and write the feature store into ``out_dir``.
-
-    Writes ``embeddings.npy`` (float32, one row per image), ``rows.parquet`` (row-aligned) and ``meta.json``
-    (key, weights, preprocessing, throughput); ``meta.json`` is written last, so a store is complete exactly when
-    its key is readable.
-    """
-    backbone, rows = plan.backbone, plan.rows
+def embed_images(plan: ExtractionPlan, paths: list[Path], *, progress: bool = True) -> tuple[np.ndarray, str]:
+    """Embed the image files ``paths`` in order under ``Trainer.predict``; return the matrix and the device name."""
+    backbone = plan.backbone
     transform = timm.data.create_transform(**plan.data_config, is_training=False)
-    data = ImageDataModule([images_dir / path for path in rows["path"]], transform, backbone.batch_size,
-                           backbone.num_workers)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / META_FILE).unlink(missing_ok=True)
-    partial = out_dir / f".{EMBEDDINGS_FILE}.{os.getpid()}.partial.npy"
-    writer = FeatureMatrixWriter(partial, len(rows))
-    trainer = pl.Trainer(accelerator=backbone.accelerator, devices=1, precision=backbone.precision,
-                         callbacks=[writer], logger=False, enable_progress_bar=progress,
-                         enable_checkpointing=False, enable_model_summary=False)
-    on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
-    log.info("embedding %d images with %s (%s weights, %s) on %s", len(rows), backbone.name, plan.source.kind,
-             plan.data_config, torch.cuda.get_device_name() if on_gpu else "cpu")
-    started = time.perf_counter()
-    try:
-        trainer.predict(EmbeddingModule(plan.model, backbone.normalize), datamodule=data, return_predictions=False)
-        writer.close()
-        if writer.written != len(rows):
-            raise RuntimeError(f"wrote {writer.written} embeddings for {len(rows)} images")
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    seconds = time.perf_counter() - started
+    data = ImageDataModule(paths, transform, backbone.batch_size, backbone.num_workers)
+    with tempfile.TemporaryDirectory(prefix="ris-embed-") as scratch:
+        writer = FeatureMatrixWriter(Path(scratch) / EMBEDDINGS_FILE, len(paths))
+        trainer = pl.Trainer(accelerator=backbone.accelerator, devices=1, precision=backbone.precision,
+                             callbacks=[writer], logger=False, enable_progress_bar=progress,
+                             enable_checkpointing=False, enable_model_summary=False)
+        device = torch.cuda.get_device_name() if isinstance(trainer.accelerator, CUDAAccelerator) else "cpu"
+        log.info("embedding %d images with %s (%s weights, %s) on %s", len(paths), backbone.name,
+                 plan.source.kind, plan.data_config, device)
+        try:
+            trainer.predict(EmbeddingModule(plan.model, backbone.normalize), datamodule=data,
+                            return_predictions=False)
+        finally:
+            writer.close()
+        if writer.written != len(paths):
+            raise RuntimeError(f"wrote {writer.written} embeddings for {len(paths)} images")
+        return np.array(np.load(writer.path, mmap_mode="r")), device
 
-    meta = {"key": plan.key, "backbone": asdict(backbone),
+
+def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cache_dir: Path | None = None,
+                   progress: bool = True) -> FeatureSet:
+    """Write the feature store for ``plan.rows`` into ``out_dir``, embedding only images ``cache_dir`` lacks.
+
+    Writes ``embeddings.npy`` (float32, one row per image), ``rows.parquet`` (row-aligned) and ``meta.json`` (keys,
+    weights, preprocessing, throughput) into a staging folder that replaces ``out_dir`` whole at the end, so an
+    interrupted run leaves no partial store. Newly embedded images are added to the cache.
+    """
+    rows = plan.rows
+    hashes = rows["sha256"].tolist()
+    cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
+    found, cached = cache.lookup(hashes) if cache is not None else (np.zeros(len(rows), bool), None)
+    missing = np.flatnonzero(~found)
+    log.info("%d of %d images already embedded by this extractor; embedding %d", int(found.sum()), len(rows),
+             len(missing))
+    started = time.perf_counter()
+    device = "cpu"
+    embedded = np.empty((0, 0), np.float32)
+    if len(missing):
+        embedded, device = embed_images(plan, [images_dir / rows["path"].iloc[row] for row in missing],
+                                        progress=progress)
+    seconds = time.perf_counter() - started
+    dim = embedded.shape[1] if len(missing) else cached.shape[1]
+    if cache is not None and len(missing):
+        cache.add([hashes[row] for row in missing], embedded)
+
+    with atomic_folder(out_dir) as staging:
+        matrix = np.lib.format.open_memmap(staging / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
+                                           shape=(len(rows), dim))
+        if found.any():
+            matrix[found] = cached
+        if len(missing):
+            matrix[missing] = embedded
+        matrix.flush()
+        del matrix
+        rows.assign(row=np.arange(len(rows))).to_parquet(staging / ROWS_FILE)
+        write_description(staging / META_FILE, FORMAT, FORMAT_VERSION, {
+            "key": plan.key, "extractor_key": plan.extractor_key, "backbone": asdict(plan.backbone),
             "model": plan.source.model, "timm_version": timm.__version__,
             "weights": {"kind": plan.source.kind, "identity": plan.source.identity,
                         "file": str(plan.source.file) if plan.source.file else None},
-            "preprocessing": plan.data_config, "images": len(rows),
-            "dim": int(np.load(partial, mmap_mode="r").shape[1]), "seconds": seconds,
-            "images_per_second": len(rows) / seconds, "device": torch.cuda.get_device_name() if on_gpu else "cpu"}
-    rows.assign(row=np.arange(len(rows))).to_parquet(out_dir / f".{ROWS_FILE}.partial")
-    os.replace(out_dir / f".{ROWS_FILE}.partial", out_dir / ROWS_FILE)
-    os.replace(partial, out_dir / EMBEDDINGS_FILE)
-    (out_dir / f".{META_FILE}.partial").write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(out_dir / f".{META_FILE}.partial", out_dir / META_FILE)
-    log.info("wrote %d x %d embeddings to %s in %.1f s (%.1f images/s)", len(rows), meta["dim"], out_dir, seconds,
-             meta["images_per_second"])
-    return load_features(out_dir)
+            "preprocessing": plan.data_config, "images": len(rows), "dim": int(dim),
+            "embedded": len(missing), "reused": int(found.sum()), "seconds": seconds,
+            "images_per_second": len(missing) / seconds if len(missing) else None, "device": device})
+    log.info("wrote %d x %d embeddings to %s (%d embedded in %.1f s, %d reused)", len(rows), dim, out_dir,
+             len(missing), seconds, int(found.sum()))
+    return load_features(out_dir, expect_key=plan.key)
 
 
 def extract_features(table: pd.DataFrame, images_dir: Path, backbone: BackboneConfig, out_dir: Path, *,
-                     exclude_classes: list[str] | None = None, reuse: bool = True,
+                     exclude_classes: list[str] | None = None, cache_root: Path | None = None, reuse: bool = True,
                      progress: bool = True) -> FeatureSet:
     """Embed every selected image of ``table`` with ``backbone`` into a feature store in ``out_dir``.
 
     With ``reuse``, a complete store in ``out_dir`` with the same key is returned without recomputing anything.
+    With ``cache_root``, embeddings are looked up by image content hash in the extractor's cache under it, and
+    only images never embedded before are computed.
     """
     plan = plan_extraction(table, backbone, exclude_classes)
     if reuse and stored_key(out_dir) == plan.key:
         log.info("features for %s (key %s) already in %s: reusing them", backbone.name, plan.key, out_dir)
-        return load_features(out_dir)
-    return run_extraction(plan, images_dir, out_dir, progress=progress)
+        return load_features(out_dir, expect_key=plan.key)
+    cache_dir = cache_root / backbone.name / plan.extractor_key if cache_root is not None else None
+    return run_extraction(plan, images_dir, out_dir, cache_dir=cache_dir, progress=progress)

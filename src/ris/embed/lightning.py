@@ -13,6 +13,8 @@ from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from ris.images import open_image
+
 
 class EmbeddingModule(pl.LightningModule):
     """A frozen backbone whose ``predict_step`` returns (optionally L2-normalised) pooled embeddings."""
@@ -32,7 +34,7 @@ class EmbeddingModule(pl.LightningModule):
 
 
 class ImageFileDataset(Dataset):
-    """Images read from disk as RGB (grayscale and palette images are converted), paired with their row number."""
+    """Images decoded as people see them (:func:`ris.images.open_image`, as queries are), with their row number."""
 
     def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.paths = list(paths)
@@ -42,8 +44,7 @@ class ImageFileDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.paths[row]) as image:
-            return self.transform(image.convert("RGB")), row
+        return self.transform(open_image(self.paths[row])), row
 
 
 class ImageDataModule(pl.LightningDataModule):

@@ -13,9 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ris.artifacts import REBUILD, ArtifactError, read_description
+
 EMBEDDINGS_FILE = "embeddings.npy"
 ROWS_FILE = "rows.parquet"
 META_FILE = "meta.json"
+FORMAT = "ris.features"
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -30,14 +34,40 @@ class FeatureSet:
     def labels(self) -> np.ndarray:
         return self.rows["class"].to_numpy()
 
+    @property
+    def key(self) -> str:
+        """Identity of this exact matrix: extractor (model, weights, preprocessing) and images."""
+        return str(self.meta["key"])
 
-def load_features(folder: Path) -> FeatureSet:
-    """Open a feature store (embeddings memory-mapped)."""
-    return FeatureSet(np.load(folder / EMBEDDINGS_FILE, mmap_mode="r"), pd.read_parquet(folder / ROWS_FILE),
-                      json.loads((folder / META_FILE).read_text()))
+
+def read_meta(folder: Path, remedy: str = REBUILD) -> dict[str, Any]:
+    """The checked description of the feature store in ``folder`` (without opening the matrix)."""
+    return read_description(folder / META_FILE, FORMAT, FORMAT_VERSION, remedy)
+
+
+def load_features(folder: Path, expect_key: str | None = None, remedy: str = REBUILD) -> FeatureSet:
+    """Open a feature store (embeddings memory-mapped), checking it against its description.
+
+    Raises:
+        ArtifactError: missing, another format, another key than ``expect_key``, or matrix and table disagree.
+    """
+    meta = read_meta(folder, remedy)
+    if expect_key is not None and meta["key"] != expect_key:
+        raise ArtifactError(f"{folder / META_FILE} holds features {meta['key']}, expected {expect_key}: {remedy}")
+    try:
+        embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+        rows = pd.read_parquet(folder / ROWS_FILE)
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{folder}: cannot read the embeddings or their rows ({error}): {remedy}") from error
+    if embeddings.shape != (meta["images"], meta["dim"]) or len(rows) != meta["images"]:
+        raise ArtifactError(f"{folder}: embeddings {embeddings.shape} and {len(rows)} rows do not match the "
+                            f"description ({meta['images']} x {meta['dim']}): {remedy}")
+    return FeatureSet(embeddings, rows, meta)
 
 
 def stored_key(folder: Path) -> str | None:
-    """The key of the complete feature store in ``folder`` (None when there is none)."""
-    meta = folder / META_FILE
-    return json.loads(meta.read_text()).get("key") if meta.exists() else None
+    """The key of the complete feature store in ``folder`` (None when there is none, or it is unreadable)."""
+    try:
+        return str(json.loads((folder / META_FILE).read_text())["key"])
+    except (OSError, ValueError, KeyError):
+        return None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import timm
 
-from ris.config import BackboneConfig
+from ris.config import BackboneConfig, ConfigError
 from ris.errors import UserFacingError
 
 log = logging.getLogger("ris.embed")
@@ -21,6 +21,7 @@ log = logging.getLogger("ris.embed")
 WEIGHTS_DIR_ENV = "RIS_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 HUB_URL = "https://huggingface.co"
+RANDOM_INIT_SEED = 0
 
 
 class WeightsUnavailableError(UserFacingError, RuntimeError):
@@ -108,7 +109,7 @@ def resolve_weights(cfg: BackboneConfig, environ: Mapping[str, str] = os.environ
         WeightsUnavailableError: pretrained weights were asked for, but no file, folder or reachable hub has them.
     """
     if not cfg.pretrained:
-        return WeightsSource("random", "random-init", cfg.name)
+        return WeightsSource("random", f"random-init:seed{RANDOM_INIT_SEED}", cfg.name)
     if cfg.weights_file:
         path = Path(cfg.weights_file).expanduser()
         if not path.is_file():
@@ -132,9 +133,29 @@ def resolve_weights(cfg: BackboneConfig, environ: Mapping[str, str] = os.environ
         f"or backbone.pretrained=false for random weights.")
 
 
+def check_backbone_name(name: str) -> None:
+    """Reject a model name timm does not know (``arch`` or ``arch.tag``), suggesting similar ones.
+
+    Raises:
+        ConfigError: naming ``backbone.name``.
+    """
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise ConfigError(f"config key 'backbone.name' is {name!r}, which is not a timm model"
+                          + (f"; similar: {', '.join(close)}" if close else ""))
+
+
 def create_backbone(source: WeightsSource) -> timm.models.nn.Module:
-    """The timm model with its classifier removed (``num_classes=0``: pooled embeddings), in eval mode."""
+    """The timm model with its classifier removed (``num_classes=0``: pooled embeddings), in eval mode.
+
+    Random weights are drawn from a fixed seed (without touching the caller's random state), so that the same
+    key always means the same embeddings, as with any other weights source.
+    """
+    import torch
+
     overlay = {"file": str(source.file)} if source.file else None
-    model = timm.create_model(source.model, pretrained=source.kind != "random", num_classes=0,
-                              pretrained_cfg_overlay=overlay)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = timm.create_model(source.model, pretrained=source.kind != "random", num_classes=0,
+                                  pretrained_cfg_overlay=overlay)
     return model.eval()

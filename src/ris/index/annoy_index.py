@@ -9,8 +9,10 @@ import numpy as np
 from annoy import AnnoyIndex as _Annoy
 
 from ris.index.base import NearestNeighbourIndex, as_float32
+from ris.index.registry import register_index
 
 
+@register_index
 class AnnoyIndex(NearestNeighbourIndex):
     """Approximate k-NN; ``n_trees`` trades build time and size for recall, ``search_k`` (-1: n_trees * k) trades
     query time for recall."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from ris.index.registry import UnknownSettingError
 
 
 class NearestNeighbourIndex(ABC):
@@ -27,14 +28,15 @@ class NearestNeighbourIndex(ABC):
         self.params = {**self.defaults, **params}
 
     @classmethod
-    def check_params(cls, params: dict[str, Any], key: str = "index.params") -> None:
-        """Reject settings this algorithm does not know, naming the key and the allowed ones."""
-        from ris.config import ConfigError
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Reject settings this family does not know.
 
+        Raises:
+            UnknownSettingError: naming the setting and the allowed ones.
+        """
         for name in params:
             if name not in cls.defaults:
-                allowed = ", ".join(cls.defaults) or "none"
-                raise ConfigError(f"config key '{key}.{name}' is not a setting of '{cls.name}'; allowed: {allowed}")
+                raise UnknownSettingError(cls.name, name, list(cls.defaults))
 
     @classmethod
     def build(cls, vectors: np.ndarray, metric: str = "euclidean", **params: Any) -> NearestNeighbourIndex:
@@ -68,18 +70,14 @@ class NearestNeighbourIndex(ABC):
         """Read what ``_save_data`` wrote."""
 
     def save(self, folder: Path) -> None:
-        """Write the index and a JSON description of it into ``folder``."""
+        """Write the family's own files into ``folder`` (its description is the :class:`IndexStore`'s job)."""
         folder.mkdir(parents=True, exist_ok=True)
         self._save_data(folder)
-        description = {"name": self.name, "dim": self.dim, "metric": self.metric, "params": self.params,
-                       "size": len(self)}
-        (folder / "index.json").write_text(json.dumps(description, indent=2))
 
     @classmethod
-    def load(cls, folder: Path) -> NearestNeighbourIndex:
-        """Read an index saved by :meth:`save`."""
-        description = json.loads((folder / "index.json").read_text())
-        index = cls(description["dim"], description["metric"], **description["params"])
+    def load(cls, folder: Path, dim: int, metric: str, params: dict[str, Any]) -> NearestNeighbourIndex:
+        """Read the files :meth:`save` wrote, for an index of ``dim`` dimensions with these settings."""
+        index = cls(dim, metric, **params)
         index._load_data(folder)
         return index
 

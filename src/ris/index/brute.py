@@ -8,8 +8,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ris.index.base import NearestNeighbourIndex, as_float32, l2_normalize
+from ris.index.registry import register_index
 
 
+@register_index
 class BruteForceIndex(NearestNeighbourIndex):
     """Exact k-NN by blocked matrix multiplication; the ground truth approximate indexes are measured against."""
 

@@ -2,51 +2,68 @@
 
 from __future__ import annotations
 
-import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
 
-MODEL_FILE = "reducer.pkl"
-SUMMARY_FILE = "reducer.json"
+MODEL_FILE = "reducer.npz"
 
 
 @dataclass
 class FeatureReducer:
-    """A fitted reduction: ``pca`` is None when the full embedding is kept."""
+    """A fitted projection ``(x - mean) @ components.T`` (divided by ``scale`` when whitened).
+
+    ``components`` is None for the identity (the full embedding is kept). Plain arrays, saved as ``.npz``: loading
+    executes nothing, unlike a pickle.
+    """
 
     input_dim: int
     output_dim: int
-    pca: PCA | None = None
+    mean: np.ndarray | None = None
+    components: np.ndarray | None = None
+    scale: np.ndarray | None = None  # sqrt of each component's variance, when whitening
+    explained_variance_ratio: np.ndarray | None = None
+
+    @property
+    def method(self) -> str:
+        return "none" if self.components is None else "pca"
 
     def transform(self, features: np.ndarray) -> np.ndarray:
         """Project ``features`` (rows) to ``output_dim`` as float32."""
-        if self.pca is None:
-            return np.asarray(features, dtype=np.float32)
-        return self.pca.transform(features).astype(np.float32)
+        features = np.asarray(features, dtype=np.float32)
+        if self.components is None:
+            return features
+        projected = (features - self.mean) @ self.components.T
+        if self.scale is not None:
+            projected /= self.scale
+        return np.ascontiguousarray(projected, dtype=np.float32)
 
     @property
     def explained_variance(self) -> float:
         """Share of the variance the kept components explain (1.0 for the identity)."""
-        return 1.0 if self.pca is None else float(self.pca.explained_variance_ratio_.sum())
+        return 1.0 if self.explained_variance_ratio is None else float(self.explained_variance_ratio.sum())
 
     def save(self, folder: Path) -> None:
-        """Write the fitted model (pickle) and a readable summary (JSON)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / MODEL_FILE, "wb") as handle:
-            pickle.dump(self, handle)
-        summary = {"input_dim": self.input_dim, "output_dim": self.output_dim,
-                   "method": "none" if self.pca is None else "pca", "explained_variance": self.explained_variance}
-        (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        """Write the fitted arrays to ``folder/reducer.npz``."""
+        arrays = {name: value for name, value in (("mean", self.mean), ("components", self.components),
+                                                  ("scale", self.scale),
+                                                  ("explained_variance_ratio", self.explained_variance_ratio))
+                  if value is not None}
+        np.savez(folder / MODEL_FILE, input_dim=self.input_dim, output_dim=self.output_dim, **arrays)
 
-    @staticmethod
-    def load(folder: Path) -> FeatureReducer:
-        """Read a reducer written by :meth:`save` (a pickle: load only files this pipeline wrote)."""
-        with open(folder / MODEL_FILE, "rb") as handle:
-            return pickle.load(handle)
+    @classmethod
+    def load(cls, folder: Path) -> FeatureReducer:
+        """Read what :meth:`save` wrote, and check the arrays agree with the dimensions."""
+        with np.load(folder / MODEL_FILE, allow_pickle=False) as saved:
+            reducer = cls(int(saved["input_dim"]), int(saved["output_dim"]),
+                          *(saved[name] if name in saved else None
+                            for name in ("mean", "components", "scale", "explained_variance_ratio")))
+        if reducer.components is not None and reducer.components.shape != (reducer.output_dim, reducer.input_dim):
+            raise ValueError(f"components are {reducer.components.shape}, expected "
+                             f"({reducer.output_dim}, {reducer.input_dim})")
+        return reducer
 
 
 def fit_reducer(features: np.ndarray, dim: int | None, *, method: str = "pca", whiten: bool = False) -> FeatureReducer:
@@ -56,11 +73,13 @@ def fit_reducer(features: np.ndarray, dim: int | None, *, method: str = "pca", w
         ValueError: if ``dim`` exceeds what PCA can give (the feature width or the number of rows).
     """
     input_dim = features.shape[1]
-    if method == "none" or dim is None or dim == input_dim:
+    if method == "none" or dim is None or (dim == input_dim and not whiten):
         return FeatureReducer(input_dim, input_dim)
     limit = min(features.shape)
     if dim > limit:
         raise ValueError(f"cannot reduce to {dim} dimensions: PCA gives at most min(rows, features) = {limit}")
     pca = PCA(n_components=dim, whiten=whiten, svd_solver="full")  # exact SVD: deterministic, no seed needed
     pca.fit(np.asarray(features, dtype=np.float32))
-    return FeatureReducer(input_dim, dim, pca)
+    scale = np.sqrt(pca.explained_variance_).astype(np.float32) if whiten else None
+    return FeatureReducer(input_dim, dim, pca.mean_.astype(np.float32), pca.components_.astype(np.float32), scale,
+                          pca.explained_variance_ratio_.astype(np.float64))

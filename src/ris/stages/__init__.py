@@ -1,3 +1,6 @@
-"""Thin DVC entry points: each reads params.yaml, calls one library function, writes its outputs."""
+"""Thin DVC entry points: each reads params.yaml, calls the library, writes its outputs.
 
-STAGES = ("download", "extract", "reduce", "index", "evaluate", "report")
+dvc.yaml runs them as ``python -m ris.stages.NAME`` (``ris stage NAME`` is the same for people).
+"""
+
+STAGES = ("download", "split", "extract", "reduce", "index", "evaluate", "report")

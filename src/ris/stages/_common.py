@@ -1,14 +1,16 @@
-"""What every stage entry point does the same way: arguments, config loading, logging."""
+"""What every stage entry point does the same way: arguments, config loading, logging, one-line errors."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from ris.config import Config, read_params
+from ris.config import Config, read_config_file
+from ris.errors import UserFacingError
 
 log = logging.getLogger("ris.stages")
 
@@ -17,22 +19,30 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def parse_stage_args(stage: str, argv: Sequence[str] | None, *, cell: bool = False,
-                     dim_only: bool = False) -> argparse.Namespace:
+def parse_stage_args(stage: str, argv: Sequence[str] | None, *, dim: bool = False,
+                     index: bool = False) -> argparse.Namespace:
     """``--params`` for every stage; ``--dim`` (and ``--index``) for the grid stages."""
     parser = argparse.ArgumentParser(prog=f"ris stage {stage}")
     parser.add_argument("--params", default="params.yaml", help="the composed config (default: params.yaml)")
-    if cell or dim_only:
+    if dim:
         parser.add_argument("--dim", required=True, help="grid dimension: an integer or 'full'")
-    if cell:
+    if index:
         parser.add_argument("--index", required=True, help="grid index: a key of 'indexes'")
     return parser.parse_args(argv)
 
 
-def load_stage_config(args: argparse.Namespace, *, check_model: bool = False) -> Config:
-    """Read and validate params.yaml (``check_model``: also that the backbone is a timm model)."""
+def load_stage_config(args: argparse.Namespace) -> Config:
+    """Read params.yaml and check it against the schema (stages that use registries check those themselves)."""
     setup_logging()
-    return read_params(args.params, check_model=check_model)
+    return read_config_file(args.params)
+
+
+def stage_main(stage: str, body: Callable[[], object]) -> None:
+    """Run a stage; a problem the user fixes (config, missing input, damaged artifact) is one line, exit 1."""
+    try:
+        body()
+    except UserFacingError as error:
+        sys.exit(f"ris stage {stage}: {error}")
 
 
 @contextmanager

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from ris.config import Config
 from ris.data import prepare_collection
-from ris.embed.weights import resolve_weights
+from ris.embed.weights import check_backbone_name, resolve_weights
 from ris.paths import PipelinePaths, write_json_atomic
-from ris.stages._common import load_stage_config, parse_stage_args, timed
+from ris.stages._common import load_stage_config, parse_stage_args, stage_main, timed
 
 
 def run(cfg: Config) -> dict:
@@ -16,6 +16,7 @@ def run(cfg: Config) -> dict:
 
     The backbone's weights are resolved first: a pipeline that cannot extract fails before downloading anything.
     """
+    check_backbone_name(cfg.backbone.name)
     paths = PipelinePaths(cfg)
     resolve_weights(cfg.backbone)
     with timed("download"):
@@ -28,7 +29,7 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run(load_stage_config(parse_stage_args("download", argv), check_model=True))
+    stage_main("download", lambda: run(load_stage_config(parse_stage_args("download", argv))))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""DVC stage `extract`: embed every collection image with the configured backbone."""
+"""DVC stage `extract`: embed every collection image with the configured backbone (only images never embedded
+before by the same extractor are computed; the rest come from the embedding cache)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,24 @@ import pandas as pd
 
 from ris.config import Config
 from ris.embed.extract import extract_features
+from ris.embed.weights import check_backbone_name
 from ris.paths import PipelinePaths, write_json_atomic
-from ris.stages._common import load_stage_config, parse_stage_args
+from ris.stages._common import load_stage_config, parse_stage_args, stage_main
 
 
 def run(cfg: Config) -> dict:
     """Write the feature store for ``cfg.backbone`` and a throughput report."""
+    check_backbone_name(cfg.backbone.name)
     paths = PipelinePaths(cfg)
     table = pd.read_parquet(paths.image_table)
     features = extract_features(table, paths.images_dir, cfg.backbone, paths.features_dir,
-                                exclude_classes=cfg.data.exclude_classes, reuse=False)
+                                exclude_classes=cfg.data.exclude_classes, cache_root=paths.embedding_cache,
+                                reuse=False)
     meta = features.meta
     weights = meta["weights"]
     report = {"backbone": cfg.backbone.name, "model": meta["model"], "images": meta["images"], "dim": meta["dim"],
-              "seconds": meta["seconds"], "images_per_second": meta["images_per_second"], "device": meta["device"],
+              "embedded": meta["embedded"], "reused": meta["reused"], "seconds": meta["seconds"],
+              "images_per_second": meta["images_per_second"], "device": meta["device"],
               "weights": {"kind": weights["kind"], "identity": weights["identity"],
                           "file_name": Path(weights["file"]).name if weights["file"] else None},
               "preprocessing": meta["preprocessing"], "timm_version": meta["timm_version"],
@@ -34,7 +39,7 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run(load_stage_config(parse_stage_args("extract", argv), check_model=True))
+    stage_main("extract", lambda: run(load_stage_config(parse_stage_args("extract", argv))))
 
 
 if __name__ == "__main__":

@@ -1,38 +1,34 @@
-"""DVC stage `index`: build one grid cell's index over the reduced features and save it."""
+"""DVC stage `index`: build one grid cell's index over the reduced vectors and save it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
-import numpy as np
-
-from ris.config import Config
-from ris.experiment import Variant, build_index, folder_bytes, grid_variant
+from ris.checks import check_registries
+from ris.config import Config, ConfigError, parse_dim
+from ris.index.store import IndexStore
 from ris.paths import PipelinePaths, atomic_folder
-from ris.stages._common import load_stage_config, parse_stage_args
-from ris.stages.reduce import REDUCED_FILE
-
-BUILD_FILE = "build.json"
+from ris.reduce import ReducedStore
+from ris.stages._common import load_stage_config, parse_stage_args, stage_main, timed
 
 
-def run(cfg: Config, variant: Variant) -> dict:
-    """Build, time and save the index; its build time and size go to ``build.json`` beside it."""
+def run(cfg: Config, dim: int | None, index_name: str) -> dict:
+    """Build, time and save the index ``indexes.<index_name>`` over the reduced vectors of ``dim``; its description
+    records build time, size and provenance."""
+    if index_name not in cfg.indexes:
+        raise ConfigError(f"--index {index_name!r} is not a key of 'indexes'; known: {', '.join(cfg.indexes)}")
     paths = PipelinePaths(cfg)
-    vectors = np.load(paths.reduced_dir(variant.dim) / REDUCED_FILE)
-    index, seconds = build_index(vectors, variant.index)
-    with atomic_folder(paths.index_dir(variant.dim, variant.index.name)) as folder:
+    reduced = ReducedStore.load(paths.reduced_dir(dim))
+    with timed(f"index {index_name} over {reduced.vectors.shape}"):
+        index = IndexStore.build(reduced.vectors, cfg.indexes[index_name], {**reduced.built_from, "index": index_name})
+    with atomic_folder(paths.index_dir(dim, index_name)) as folder:
         index.save(folder)
-        build = {"build_seconds": seconds, "items": len(index), "dim": int(vectors.shape[1]),
-                 "index_bytes": folder_bytes(folder)}
-        (folder / BUILD_FILE).write_text(json.dumps(build, indent=2))
-    return build
+    return {"build_seconds": index.build_seconds, "items": len(index.index), "index_bytes": index.index_bytes}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_stage_args("index", argv, cell=True)
-    cfg = load_stage_config(args)
-    run(cfg, grid_variant(cfg, args.dim, args.index))
+    args = parse_stage_args("index", argv, dim=True, index=True)
+    stage_main("index", lambda: run(check_registries(load_stage_config(args)), parse_dim(args.dim), args.index))
 
 
 if __name__ == "__main__":

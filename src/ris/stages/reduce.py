@@ -1,39 +1,30 @@
-"""DVC stage `reduce`: fit PCA to one grid dimension and write the reduced features."""
+"""DVC stage `reduce`: fit the reduction to one grid dimension; save it with the reduced vectors."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
-from ris.config import Config, ConfigError, parse_dim
+from ris.config import Config, parse_dim
 from ris.embed.store import load_features
 from ris.paths import PipelinePaths, atomic_folder
-from ris.reduce import fit_reducer
-from ris.stages._common import load_stage_config, parse_stage_args, timed
-
-REDUCED_FILE = "features.npy"
+from ris.reduce import ReducedStore
+from ris.stages._common import load_stage_config, parse_stage_args, stage_main, timed
 
 
 def run(cfg: Config, dim: int | None) -> dict:
-    """Fit the reducer on the collection's embeddings; save it and the reduced matrix together."""
+    """Fit the reducer on the collection's embeddings; save it and the reduced matrix as one store."""
     paths = PipelinePaths(cfg)
     features = load_features(paths.features_dir)
     with timed(f"reduce to {dim or 'full'}"):
-        try:
-            reducer = fit_reducer(features.embeddings, dim, method=cfg.reduce.method, whiten=cfg.reduce.whiten)
-        except ValueError as error:
-            raise ConfigError(f"config key 'grid.dims' holds {dim}: {error}") from error
-        reduced = reducer.transform(features.embeddings)
+        reduced = ReducedStore.fit(features, dim, cfg.reduce)
     with atomic_folder(paths.reduced_dir(dim)) as folder:
-        reducer.save(folder)
-        np.save(folder / REDUCED_FILE, reduced)
-    return {"dim": reducer.output_dim, "explained_variance": reducer.explained_variance}
+        reduced.save(folder)
+    return {"dim": reduced.reducer.output_dim, "explained_variance": reduced.reducer.explained_variance}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_stage_args("reduce", argv, dim_only=True)
-    run(load_stage_config(args), parse_dim(args.dim))
+    args = parse_stage_args("reduce", argv, dim=True)
+    stage_main("reduce", lambda: run(load_stage_config(args), parse_dim(args.dim)))
 
 
 if __name__ == "__main__":

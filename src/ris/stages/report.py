@@ -9,21 +9,21 @@ import pandas as pd
 from ris.config import Config, parse_dim
 from ris.evaluate.results import results_table, to_markdown
 from ris.paths import PipelinePaths, write_text_atomic
-from ris.stages._common import load_stage_config, parse_stage_args
+from ris.stages._common import load_stage_config, parse_stage_args, stage_main
 
 
 def run(cfg: Config) -> pd.DataFrame:
     """Write ``results.csv`` and ``results.md`` for every ``grid.dims`` x ``grid.indexes`` cell, in grid order."""
     paths = PipelinePaths(cfg)
     files = [paths.metrics_file(parse_dim(str(dim)), index) for dim in cfg.grid.dims for index in cfg.grid.indexes]
-    table = results_table(files)
-    for name, text in (("results.csv", table.to_csv(index=False)), ("results.md", to_markdown(table))):
-        write_text_atomic(paths.reports_dir / name, text)
+    table = results_table(files, cfg.eval)
+    write_text_atomic(paths.reports_dir / "results.csv", table.to_csv(index=False))
+    write_text_atomic(paths.reports_dir / "results.md", to_markdown(table, cfg.eval))
     return table
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run(load_stage_config(parse_stage_args("report", argv)))
+    stage_main("report", lambda: run(load_stage_config(parse_stage_args("report", argv))))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""MLflow tracking: one run per evaluated variant, with its params, tags and metrics."""
+"""MLflow tracking: one run per evaluated cell and protocol, with its params, tags and metrics."""
 
-from ris.tracking.mlflow_log import flatten, git_commit, log_variant_run
+from ris.tracking.mlflow_log import flatten, git_commit, log_run
 
-__all__ = ["flatten", "git_commit", "log_variant_run"]
+__all__ = ["flatten", "git_commit", "log_run"]

@@ -42,7 +42,7 @@ def git_commit(cwd: Path | None = None) -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
-def log_variant_run(tracking: TrackingConfig, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
+def log_run(tracking: TrackingConfig, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
                     tags: Mapping[str, str], artifacts: list[Path] | None = None) -> str | None:
     """Log one run and return its id (None when tracking is disabled)."""
     if not tracking.enabled:

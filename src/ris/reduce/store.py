@@ -1,0 +1,77 @@
+"""The reduced-feature store: a fitted reducer and the collection's reduced vectors, with what they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ris.artifacts import REBUILD, ArtifactError, check_built_from, read_description, write_description
+from ris.config import ConfigError, ReduceConfig, dim_label
+from ris.embed.store import FeatureSet
+from ris.reduce.pca import FeatureReducer, fit_reducer
+
+VECTORS_FILE = "vectors.npy"
+DESCRIPTION_FILE = "reduced.json"
+FORMAT = "ris.reduced"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ReducedStore:
+    """``vectors`` are the feature store's rows, in order, after ``reducer``; ``built_from`` names those features
+    (backbone, feature-store key, dimension label)."""
+
+    reducer: FeatureReducer
+    vectors: np.ndarray
+    built_from: dict[str, Any]
+
+    @classmethod
+    def fit(cls, features: FeatureSet, dim: int | None, cfg: ReduceConfig) -> ReducedStore:
+        """Fit the configured reduction to ``dim`` on the collection's embeddings, and reduce them.
+
+        Raises:
+            ConfigError: ``dim`` is more than PCA can give.
+        """
+        try:
+            reducer = fit_reducer(features.embeddings, dim, method=cfg.method, whiten=cfg.whiten)
+        except ValueError as error:
+            raise ConfigError(f"config key 'grid.dims' holds {dim}: {error}") from error
+        built_from = {"backbone": features.meta["backbone"]["name"], "features_key": features.key,
+                      "dim": dim_label(dim)}
+        return cls(reducer, reducer.transform(features.embeddings), built_from)
+
+    def save(self, folder: Path) -> None:
+        """Write the reducer, the vectors and ``reduced.json`` into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.reducer.save(folder)
+        np.save(folder / VECTORS_FILE, np.ascontiguousarray(self.vectors, dtype=np.float32))
+        write_description(folder / DESCRIPTION_FILE, FORMAT, FORMAT_VERSION, {
+            "method": self.reducer.method, "input_dim": self.reducer.input_dim,
+            "output_dim": self.reducer.output_dim, "whiten": self.reducer.scale is not None,
+            "explained_variance": self.reducer.explained_variance, "rows": int(len(self.vectors)),
+            "built_from": self.built_from})
+
+    @classmethod
+    def load(cls, folder: Path, expect: dict[str, Any] | None = None, *, vectors: bool = True,
+             remedy: str = REBUILD) -> ReducedStore:
+        """Open the store in ``folder`` (vectors memory-mapped; ``vectors=False`` skips them, as search does).
+
+        Raises:
+            ArtifactError: missing, another format, built from other features than ``expect``, or damaged.
+        """
+        path = folder / DESCRIPTION_FILE
+        description = read_description(path, FORMAT, FORMAT_VERSION, remedy)
+        check_built_from(path, description, expect, remedy)
+        try:
+            reducer = FeatureReducer.load(folder)
+            matrix = np.load(folder / VECTORS_FILE, mmap_mode="r") if vectors else np.empty((0, reducer.output_dim))
+        except (OSError, ValueError, KeyError) as error:
+            raise ArtifactError(f"{folder}: cannot read the reducer or vectors ({error}): {remedy}") from error
+        expected_shape = (description["rows"], description["output_dim"])
+        if reducer.output_dim != description["output_dim"] or (vectors and matrix.shape != expected_shape):
+            raise ArtifactError(f"{folder}: vectors are {matrix.shape} and the reducer gives {reducer.output_dim} "
+                                f"dimensions; its description says {expected_shape}: {remedy}")
+        return cls(reducer, matrix, description["built_from"])

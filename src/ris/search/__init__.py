@@ -1,0 +1,1 @@
+"""Search a new image: the searcher, its result grids."""

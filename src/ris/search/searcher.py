@@ -1,0 +1,133 @@
+"""The searcher: the product's core object. Built once from the pipeline's artifacts (backbone with its weights and
+preprocessing, reducer, index, image rows), it embeds new images and returns their nearest collection images.
+
+The CLI (`ris search`), the HTTP service and the notebooks all ask it the same question.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ris.artifacts import ArtifactError
+from ris.config import Config, check_dim, dim_label, parse_dim
+from ris.embed.lightning import EmbeddingModule
+from ris.embed.store import ROWS_FILE, read_meta
+from ris.embed.weights import create_backbone, resolve_weights
+from ris.index.base import NearestNeighbourIndex
+from ris.index.store import IndexStore
+from ris.paths import PipelinePaths
+from ris.reduce import FeatureReducer, ReducedStore
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: its rank (1 = nearest), feature-store row, image path, class and distance to the query."""
+
+    rank: int
+    row: int
+    path: Path
+    label: str
+    distance: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The ranked hits of one query, and how long embedding and searching took (milliseconds)."""
+
+    hits: list[Hit]
+    embed_ms: float
+    search_ms: float
+
+
+class ImageEmbedder:
+    """The backbone as extraction ran it: same timm model, weights, preprocessing and normalisation."""
+
+    def __init__(self, model: torch.nn.Module, preprocessing: dict, normalize: bool) -> None:
+        import timm
+
+        self.module = EmbeddingModule(model, normalize).eval()
+        self.transform = timm.data.create_transform(**preprocessing, is_training=False)
+
+    @torch.inference_mode()
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """One embedding row per image (RGB, any size)."""
+        batch = torch.stack([self.transform(image) for image in images])
+        return self.module(batch).float().numpy()
+
+
+class Searcher:
+    """Embeds query images, reduces them as the collection was reduced, and searches the collection's index."""
+
+    def __init__(self, embedder: ImageEmbedder, reducer: FeatureReducer, index: NearestNeighbourIndex,
+                 rows: pd.DataFrame, images_dir: Path, description: str) -> None:
+        if len(rows) != len(index):
+            raise ArtifactError(f"the index holds {len(index)} items but the collection has {len(rows)} rows: "
+                                f"run `dvc repro` to rebuild it")
+        self.embedder = embedder
+        self.reducer = reducer
+        self.index = index
+        self.paths = [images_dir / path for path in rows["path"]]
+        self.labels = rows["class"].tolist()
+        self.description = description
+
+    @classmethod
+    def from_pipeline(cls, cfg: Config, dim: int | str | None = None, index_name: str | None = None) -> Searcher:
+        """Load the searcher of one built grid cell: ``dim`` (an integer or ``"full"``) and ``index_name`` (a key of
+        ``indexes``), by default ``search.dim`` and ``search.index``.
+
+        The model loads once; the index is memory-mapped. Every store is checked against the feature store it
+        must come from, and the weights ``cfg.backbone`` resolves to against those the features were made with.
+
+        Raises:
+            ArtifactError: a store is missing (nothing built yet), damaged, or made for other features or weights.
+        """
+        paths = PipelinePaths(cfg)
+        chosen = cfg.search.dim if dim is None else dim
+        dim_value = parse_dim(chosen, "--dim") if isinstance(chosen, str) else check_dim("--dim", chosen)
+        index_name = index_name or cfg.search.index
+        remedy = "run `make repro` (or `dvc repro`) first to build the collection's features and indexes"
+        built = [dim_label(check_dim("grid.dims", value)) for value in cfg.grid.dims]
+        if dim_label(dim_value) not in built or index_name not in cfg.grid.indexes:
+            raise ArtifactError(f"the cell {dim_label(dim_value)}/{index_name} is not in the grid `dvc repro` builds "
+                                f"(grid.dims {built}, grid.indexes {cfg.grid.indexes}): pick one with --dim and "
+                                f"--index, or add it to the grid and run `dvc repro`")
+        meta = read_meta(paths.features_dir, remedy)
+        expected = {"features_key": meta["key"], "dim": dim_label(dim_value)}
+        reduced = ReducedStore.load(paths.reduced_dir(dim_value), expect=expected, vectors=False, remedy=remedy)
+        index = IndexStore.load(paths.index_dir(dim_value, index_name), expect={**expected, "index": index_name},
+                                remedy=remedy)
+        source = resolve_weights(cfg.backbone)
+        if source.identity != meta["weights"]["identity"] or source.model != meta["model"]:
+            raise ArtifactError(f"the collection was embedded with {meta['model']} weights "
+                                f"{meta['weights']['identity']}, but backbone settings give {source.model} weights "
+                                f"{source.identity}: give the same weights, or run `dvc repro` to re-embed")
+        embedder = ImageEmbedder(create_backbone(source), meta["preprocessing"], meta["backbone"]["normalize"])
+        rows = pd.read_parquet(paths.features_dir / ROWS_FILE)
+        description = f"{meta['model']} / {dim_label(dim_value)} / {index_name}"
+        return cls(embedder, reduced.reducer, index.index, rows, paths.images_dir, description)
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """The images' vectors in the index's space (embedded, normalised, reduced)."""
+        return self.reducer.transform(self.embedder.embed(images))
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """The ``k`` nearest collection images of each vector (already in the index's space)."""
+        ids, distances = self.index.search(vectors, min(k, len(self.index)))
+        return [[Hit(rank, int(row), self.paths[row], self.labels[row], float(distance))
+                 for rank, (row, distance) in enumerate(zip(row_ids, row_distances, strict=True), start=1) if row >= 0]
+                for row_ids, row_distances in zip(ids, distances, strict=True)]
+
+    def search(self, image: Image.Image, k: int = 10) -> SearchResult:
+        """The ``k`` collection images most like ``image`` (decoded RGB), with timings."""
+        started = time.perf_counter()
+        vector = self.embed([image])
+        embedded = time.perf_counter()
+        hits = self.search_vectors(vector, k)[0]
+        return SearchResult(hits, 1e3 * (embedded - started), 1e3 * (time.perf_counter() - embedded))
