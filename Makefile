@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-slow params mlflow-ui clean-venv
+.PHONY: install repro test test-slow params search-examples mlflow-ui clean-venv
 
 install: $(INSTALLED)
 
@@ -27,6 +27,15 @@ test-slow: $(INSTALLED)  ## the long real-data runs
 
 params: $(INSTALLED)  ## recompose params.yaml from conf/ (add overrides with ARGS="backbone=resnet50")
 	ris compose $(ARGS)
+
+EXAMPLES := outputs/examples
+search-examples: $(INSTALLED)  ## after `make repro`: result grids for three outside photos (scikit-image's samples)
+	python -c "import pathlib, skimage.data as d; from PIL import Image; out = pathlib.Path('$(EXAMPLES)'); \
+	out.mkdir(parents=True, exist_ok=True); \
+	[Image.fromarray(getattr(d, n)()).save(out / f'{n}.jpg', quality=92) for n in ('astronaut', 'coffee', 'chelsea')]"
+	mkdir -p reports/search
+	ris search $(EXAMPLES) -k 10 --grid-dir reports/search --json > reports/search/results.json.partial
+	mv reports/search/results.json.partial reports/search/results.json
 
 mlflow-ui: $(INSTALLED)  ## browse every tracked run at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
