@@ -99,7 +99,7 @@ def test_a_grown_collection_embeds_only_its_new_images(tmp_path: Path, monkeypat
     table, _ = scan_images(collection, progress=False)
     first = extract_features(table, collection, tiny_backbone(), tmp_path / "store", cache_root=cache,
                              progress=False)
-    assert embedded == [12] and first.meta["embedded"] == 12
+    assert embedded == [12] and first.run["embedded"] == 12
 
     make_image_tree(tmp_path / "more", classes=3, per_class=6, seed=5)  # new pixels: new content hashes
     for image in sorted((tmp_path / "more").rglob("image_000[4-5].jpg"))[:5]:
@@ -109,11 +109,12 @@ def test_a_grown_collection_embeds_only_its_new_images(tmp_path: Path, monkeypat
     incremental = extract_features(grown, collection, tiny_backbone(), tmp_path / "store", cache_root=cache,
                                    progress=False)
     assert embedded == [12, 5]
-    assert (incremental.meta["embedded"], incremental.meta["reused"]) == (5, 12)
+    assert (incremental.run["embedded"], incremental.run["reused"]) == (5, 12)
 
     full = extract_features(grown, collection, tiny_backbone(), tmp_path / "full", progress=False)  # no cache
     assert embedded == [12, 5, 17]
-    assert incremental.key == full.key
+    assert incremental.key == full.key and incremental.meta == full.meta  # the description holds no timings
+    assert (tmp_path / "store/meta.json").read_bytes() == (tmp_path / "full/meta.json").read_bytes()
     pd.testing.assert_frame_equal(incremental.rows, full.rows)
     np.testing.assert_allclose(incremental.embeddings, full.embeddings, atol=1e-6)
 

@@ -116,7 +116,7 @@ def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cac
     """Write the feature store for ``plan.rows`` into ``out_dir``, embedding only images ``cache_dir`` lacks.
 
     Writes ``embeddings.npy`` (float32, one row per image), ``rows.parquet`` (row-aligned) and ``meta.json`` (keys,
-    weights, preprocessing, throughput) into a staging folder that replaces ``out_dir`` whole at the end, so an
+    weights, preprocessing) into a staging folder that replaces ``out_dir`` whole at the end, so an
     interrupted run leaves no partial store. Newly embedded images are added to the cache.
     """
     rows = plan.rows
@@ -152,12 +152,13 @@ def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cac
             "model": plan.source.model, "timm_version": timm.__version__,
             "weights": {"kind": plan.source.kind, "identity": plan.source.identity,
                         "file": str(plan.source.file) if plan.source.file else None},
-            "preprocessing": plan.data_config, "images": len(rows), "dim": int(dim),
-            "embedded": len(missing), "reused": int(found.sum()), "seconds": seconds,
-            "images_per_second": len(missing) / seconds if len(missing) else None, "device": device})
+            "preprocessing": plan.data_config, "images": len(rows), "dim": int(dim)})
     log.info("wrote %d x %d embeddings to %s (%d embedded in %.1f s, %d reused)", len(rows), dim, out_dir,
              len(missing), seconds, int(found.sum()))
-    return load_features(out_dir, expect_key=plan.key)
+    features = load_features(out_dir, expect_key=plan.key)
+    features.run = {"embedded": len(missing), "reused": int(found.sum()), "seconds": seconds, "device": device,
+                    "images_per_second": len(missing) / seconds if len(missing) else None}
+    return features
 
 
 def extract_features(table: pd.DataFrame, images_dir: Path, backbone: BackboneConfig, out_dir: Path, *,
@@ -172,6 +173,9 @@ def extract_features(table: pd.DataFrame, images_dir: Path, backbone: BackboneCo
     plan = plan_extraction(table, backbone, exclude_classes)
     if reuse and stored_key(out_dir) == plan.key:
         log.info("features for %s (key %s) already in %s: reusing them", backbone.name, plan.key, out_dir)
-        return load_features(out_dir, expect_key=plan.key)
+        features = load_features(out_dir, expect_key=plan.key)
+        features.run = {"embedded": 0, "reused": len(features.rows), "seconds": 0.0, "device": None,
+                        "images_per_second": None}
+        return features
     cache_dir = cache_root / backbone.name / plan.extractor_key if cache_root is not None else None
     return run_extraction(plan, images_dir, out_dir, cache_dir=cache_dir, progress=progress)

@@ -6,7 +6,7 @@ Light on purpose (numpy and pandas only): the stages after extraction read featu
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,17 @@ FORMAT_VERSION = 2
 
 @dataclass
 class FeatureSet:
-    """Row-aligned embeddings (memory-mapped) and their image table (path, class, sha256, row)."""
+    """Row-aligned embeddings (memory-mapped) and their image table (path, class, sha256, row).
+
+    ``meta`` is the store's description: what the features are, never how long they took, so that re-extracting
+    the same features writes the same files (and DVC re-runs nothing downstream). ``run`` says what the call that
+    returned this set did (images embedded and reused, seconds, images/s, device); it is not stored.
+    """
 
     embeddings: np.ndarray
     rows: pd.DataFrame
     meta: dict[str, Any]
+    run: dict[str, Any] = field(default_factory=dict)
 
     @property
     def labels(self) -> np.ndarray:

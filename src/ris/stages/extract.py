@@ -23,11 +23,12 @@ def run(cfg: Config) -> dict:
     features = extract_features(table, paths.images_dir, cfg.backbone, paths.features_dir,
                                 exclude_classes=cfg.data.exclude_classes, cache_root=paths.embedding_cache,
                                 reuse=False)
-    meta = features.meta
+    meta, run = features.meta, features.run
     weights = meta["weights"]
     report = {"backbone": cfg.backbone.name, "model": meta["model"], "images": meta["images"], "dim": meta["dim"],
-              "embedded": meta["embedded"], "reused": meta["reused"], "seconds": meta["seconds"],
-              "images_per_second": meta["images_per_second"], "device": meta["device"],
+              # embedded: images computed by this run (the rest came from the embedding cache); images/s is theirs
+              "embedded": run["embedded"], "reused": run["reused"], "seconds": run["seconds"],
+              "images_per_second": run["images_per_second"], "device": run["device"],
               "weights": {"kind": weights["kind"], "identity": weights["identity"],
                           "file_name": Path(weights["file"]).name if weights["file"] else None},
               "preprocessing": meta["preprocessing"], "timm_version": meta["timm_version"],
