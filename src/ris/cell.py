@@ -106,9 +106,9 @@ def track_cell(cfg: Config, result: CellResult, *, source: str, features_key: st
     return run_ids
 
 
-def run_cell(cfg: Config, cell: Cell, features: FeatureSet, splits: np.ndarray | None) -> CellResult:
+def run_cell(cfg: Config, cell: Cell, features: FeatureSet, splits: np.ndarray) -> CellResult:
     """Reduce, index and evaluate ``cell`` in memory (the index is saved to a scratch folder to measure its size)."""
-    reduced = ReducedStore.fit(features, cell.dim, cfg.reduce)
+    reduced = ReducedStore.fit(features, cell.dim, cfg.reduce, splits)
     index = IndexStore.build(reduced.vectors, cell.index, {**reduced.built_from, "index": cell.index_name})
     with tempfile.TemporaryDirectory(prefix="ris-index-") as scratch:
         index.save(Path(scratch))

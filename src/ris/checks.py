@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ris.config import Config, ConfigError, load_config, read_config_file
-from ris.embed.weights import check_backbone_name
+from ris.embed.models import check_backbone_name
 from ris.evaluate.protocols import PROTOCOLS
 from ris.index.registry import INDEX_FAMILIES, UnknownSettingError
 

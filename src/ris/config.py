@@ -163,7 +163,7 @@ class Config:
 
 
 METRICS = ("euclidean", "angular")
-REDUCE_METHODS = ("pca", "none")
+REDUCE_METHODS = ("pca",)  # `full` in grid.dims keeps the embedding unreduced
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 

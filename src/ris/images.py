@@ -18,6 +18,10 @@ from ris.errors import UserFacingError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 """File suffixes (lower case) that :func:`list_images` keeps when it expands a folder."""
 
+DECODING_VERSION = 1
+"""Bump when :func:`open_image` decodes any image differently: it is part of every extractor key, so cached
+embeddings of the old decoding are not reused."""
+
 ALPHA_BACKGROUND = (128, 128, 128)
 """Transparent pixels are shown on neutral mid-gray: black or white would read as content to an embedding model."""
 

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ris.cell import grid_cells, run_cell, track_cell
 from ris.checks import checked_config
 from ris.config import Config
-from ris.data import prepare_collection
+from ris.data.catalog import read_image_table
+from ris.data.prepare import prepare_collection
 from ris.data.split import split_collection, splits_for_rows
 from ris.embed.extract import plan_extraction, run_extraction
 from ris.embed.store import FeatureSet, load_features, stored_key
 from ris.errors import UserFacingError
-from ris.evaluate.protocols import PROTOCOLS
 from ris.paths import CONF_DIR, PipelinePaths
 
 log = logging.getLogger("ris.run")
@@ -37,7 +36,7 @@ def features_for(cfg: Config) -> FeatureSet:
     paths = PipelinePaths(cfg)
     if not paths.image_table.exists():
         prepare_collection(cfg.data)
-    plan = plan_extraction(pd.read_parquet(paths.image_table), cfg.backbone, cfg.data.exclude_classes)
+    plan = plan_extraction(read_image_table(paths.image_table), cfg.backbone, cfg.data.exclude_classes)
     cached = Path(cfg.paths.artifacts) / "cache" / "features" / cfg.backbone.name / plan.key
     for folder in (paths.features_dir, cached):
         if stored_key(folder) == plan.key:
@@ -47,10 +46,8 @@ def features_for(cfg: Config) -> FeatureSet:
     return run_extraction(plan, paths.images_dir, cached, cache_dir=cache_dir)
 
 
-def splits_for(cfg: Config, features: FeatureSet) -> np.ndarray | None:
-    """The split of every feature row, made from ``data.split`` (None when no configured protocol needs one)."""
-    if not any(PROTOCOLS[name].needs_split for name in cfg.eval.protocols):
-        return None
+def splits_for(cfg: Config, features: FeatureSet) -> np.ndarray:
+    """The split of every feature row, made from ``data.split`` as the split stage makes it."""
     return splits_for_rows(split_collection(features.rows, cfg.data.split), features.rows)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ris.config import DataConfig
-from ris.data import prepare_collection, scan_images
+from ris.data.catalog import scan_images
+from ris.data.prepare import prepare_collection
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from ris.config import BackboneConfig, EvalConfig
-from ris.data import scan_images
+from ris.data.catalog import scan_images
 from ris.embed.extract import extract_features
 from ris.evaluate.evaluation import evaluate_queries
 from ris.evaluate.protocols import PROTOCOLS

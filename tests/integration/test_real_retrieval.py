@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ris.config import BackboneConfig, EvalConfig, LatencyConfig
-from ris.data import scan_images
+from ris.data.catalog import scan_images
 from ris.embed.extract import extract_features
 from ris.evaluate.evaluation import evaluate_queries
 from ris.evaluate.protocols import PROTOCOLS

@@ -50,7 +50,7 @@ def test_scan_table_and_skips(tmp_path: Path) -> None:
     reasons = {item["path"]: item["reason"] for item in skipped}
     assert set(reasons) == {"class_01/truncated.jpg", "class_02/text.jpg", "class_02/tmp", "loose.jpg"}
     assert "truncated" in reasons["class_01/truncated.jpg"].lower()
-    assert "cannot decode" in reasons["class_02/text.jpg"]
+    assert "not an image" in reasons["class_02/text.jpg"]
     assert "not an image" in reasons["class_02/tmp"]
     assert "class folder" in reasons["loose.jpg"]
 

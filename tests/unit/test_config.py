@@ -51,7 +51,7 @@ def test_every_backbone_composes(backbone: str) -> None:
     assert cfg.backbone.name == backbone
 
 
-@pytest.mark.parametrize("overrides", [["reduce=none", "grid.dims=[full]"], ["grid.dims=64"], ["grid.indexes=annoy"],
+@pytest.mark.parametrize("overrides", [["grid.dims=[full]"], ["grid.dims=64"], ["grid.indexes=annoy"],
                                        ["indexes.annoy.metric=angular", "grid.dims=[full,32,64]",
                                         "grid.indexes=[brute]"],
                                        ["eval.protocols=[heldout]", "eval.k=5", "eval.recall_ks=[2]"],
@@ -67,7 +67,7 @@ def test_valid_overrides(overrides: list[str]) -> None:
     (["+reduce.dimm=3"], "reduce.dimm", None),
     (["indexes.annoy.metric=cosine"], "indexes.annoy.metric", "euclidean, angular"),
     (["indexes.annoy.family=faiss"], "indexes.annoy.family", "annoy, brute"),
-    (["reduce.method=lda"], "reduce.method", "pca, none"),
+    (["reduce.method=lda"], "reduce.method", "pca"),
     (["grid.dims=0"], "grid.dims[0]", "full"),
     (["grid.dims=abc"], "grid.dims[0]", "full"),
     (["grid.dims=[full,-4]"], "grid.dims[1]", "full"),

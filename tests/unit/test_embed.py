@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from ris.artifacts import ArtifactError
 from ris.config import BackboneConfig
-from ris.data import scan_images
+from ris.data.catalog import scan_images
 from ris.embed.extract import extract_features, plan_extraction, select_rows
 from ris.embed.store import load_features, stored_key
 from ris.embed.weights import WeightsUnavailableError, create_backbone, find_in_weights_dir, resolve_weights

@@ -20,7 +20,8 @@ import pytest
 from conftest import make_image_tree
 
 from ris.config import DataConfig
-from ris.data import ChecksumError, prepare
+from ris.data import prepare
+from ris.data.download import ChecksumError
 from ris.data.prepare import prepare_collection
 
 IMAGE_ROOT = "101_ObjectCategories"

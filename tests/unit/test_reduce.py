@@ -22,9 +22,9 @@ def _features(rows: int = 60, cols: int = 20, seed: int = 0) -> np.ndarray:
     return (rng.normal(size=(rows, cols)) * np.linspace(5.0, 0.1, cols)) @ rng.normal(size=(cols, cols))
 
 
-@pytest.mark.parametrize("dim, method", [(None, "pca"), (5, "none"), (20, "pca")])
+@pytest.mark.parametrize("dim, method", [(None, "pca"), (20, "pca")])
 def test_identity(dim: int | None, method: str) -> None:
-    """No dimension, method 'none', or the full width keeps the features unchanged (as float32)."""
+    """No dimension ('full'), or the full width, keeps the features unchanged (as float32)."""
     features = _features()
     reducer = fit_reducer(features, dim, method=method)
     assert reducer.components is None and reducer.method == "none"
@@ -69,6 +69,10 @@ def test_whiten_gives_unit_variance_as_sklearn_does() -> None:
     np.testing.assert_allclose(reduced, reference.transform(features), rtol=1e-4, atol=1e-4)
 
 
+def _all_train(features: np.ndarray) -> np.ndarray:
+    return np.full(len(features), "train", dtype=object)
+
+
 def _feature_set(features: np.ndarray, key: str = "k1") -> FeatureSet:
     rows = pd.DataFrame({"path": [f"c/{row}.jpg" for row in range(len(features))], "class": "c"})
     return FeatureSet(features.astype(np.float32), rows, {"key": key, "backbone": {"name": "net"}})
@@ -79,7 +83,7 @@ def test_store_round_trip(tmp_path: Path, dim: int | None) -> None:
     """A saved store's reducer transforms new features exactly as the fitted one; its vectors are the reduced
     features; its description says what it is and what it was built from."""
     features, new = _features(), _features(seed=1)
-    store = ReducedStore.fit(_feature_set(features), dim, ReduceConfig())
+    store = ReducedStore.fit(_feature_set(features), dim, ReduceConfig(), splits=_all_train(features))
     store.save(tmp_path / "reduced")
     loaded = ReducedStore.load(tmp_path / "reduced", expect={"features_key": "k1"})
     np.testing.assert_array_equal(loaded.reducer.transform(new), store.reducer.transform(new))
@@ -95,7 +99,8 @@ def test_store_round_trip(tmp_path: Path, dim: int | None) -> None:
 
 def test_store_for_other_features_or_damaged_is_refused(tmp_path: Path) -> None:
     """A reduced store made from other features, or with vectors cut short, fails on load naming the file."""
-    ReducedStore.fit(_feature_set(_features(), key="old"), 4, ReduceConfig()).save(tmp_path / "reduced")
+    store = ReducedStore.fit(_feature_set(_features(), key="old"), 4, ReduceConfig(), _all_train(_features()))
+    store.save(tmp_path / "reduced")
     with pytest.raises(ArtifactError, match="'old', expected 'new'"):
         ReducedStore.load(tmp_path / "reduced", expect={"features_key": "new"})
     np.save(tmp_path / "reduced" / "vectors.npy", np.zeros((59, 4), np.float32))
@@ -105,7 +110,21 @@ def test_store_for_other_features_or_damaged_is_refused(tmp_path: Path) -> None:
 
 def test_dim_beyond_the_features_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="grid.dims"):
-        ReducedStore.fit(_feature_set(_features(10, 20)), 11, ReduceConfig())
+        ReducedStore.fit(_feature_set(_features(10, 20)), 11, ReduceConfig(), _all_train(_features(10, 20)))
+
+
+def test_store_is_fitted_without_the_test_images() -> None:
+    """The projection is fitted on train and val rows only: test rows are reduced by it but never shape it."""
+    features = _features()
+    splits = np.array(["train"] * 40 + ["val"] * 10 + ["test"] * 10, dtype=object)
+    store = ReducedStore.fit(_feature_set(features), 5, ReduceConfig(), splits)
+    reference = PCA(n_components=5, svd_solver="full").fit(features[:50].astype(np.float32))
+    np.testing.assert_allclose(store.vectors, reference.transform(features), rtol=1e-4, atol=1e-4)
+    assert store.fitted_rows == 50
+    changed = features.copy()
+    changed[50:] += 100.0  # moving only the test rows leaves the fitted projection as it was
+    moved = ReducedStore.fit(_feature_set(changed), 5, ReduceConfig(), splits)
+    np.testing.assert_allclose(moved.reducer.components, store.reducer.components, atol=1e-6)
 
 
 @pytest.mark.parametrize("rows, cols, dim", [(10, 20, 11), (30, 8, 9)])

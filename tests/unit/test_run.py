@@ -52,7 +52,7 @@ def test_multirun_sweeps_one_cell_per_job_into_one_mlflow_run_per_protocol(tmp_p
     brute_recalls = [run.data.metrics["ann_recall_at_10"] for run in runs if run.data.tags["algorithm"] == "brute"]
     assert brute_recalls == [1.0] * 4
 
-    main(["run", "reduce=none", "grid.dims=full", "grid.indexes=brute", *_tiny_overrides(images)])  # reuses the store
+    main(["run", "grid.dims=full", "grid.indexes=brute", *_tiny_overrides(images)])  # reuses the store
     assert len(extractions) == 1
     assert len(client.search_runs([client.get_experiment_by_name("ris").experiment_id])) == 10
 
@@ -81,3 +81,12 @@ def test_compose_writes_overrides_into_params(tmp_path: Path) -> None:
     out = compose_params(["backbone=tf_efficientnet_lite0", "grid.dims=[full,32]"], out=tmp_path / "params.yaml")
     raw = yaml.safe_load(out.read_text())
     assert raw["backbone"]["name"] == "tf_efficientnet_lite0" and raw["grid"]["dims"] == ["full", 32]
+
+
+def test_a_stage_before_its_inputs_exist_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ris stage split` before download: what is missing and what to run, no traceback."""
+    params = compose_params([f"data.source_dir={tmp_path}"], out=tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        main(["stage", "split", "--params", str(params)])
+    assert str(caught.value).startswith("ris stage split: data/caltech101/images.parquet not found: run `dvc repro`")

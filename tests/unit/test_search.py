@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import make_image_tree
 from PIL import Image
@@ -166,6 +167,33 @@ def test_search_vectors_maps_rows_to_collection_images(pipeline: Path, monkeypat
     from ris.reduce import ReducedStore
 
     vectors = np.asarray(ReducedStore.load(pipeline / "artifacts/reduced/test_efficientnet/8").vectors)
-    hits = searcher.search_vectors(vectors, 1)
-    assert [hit[0].row for hit in hits] == list(range(len(vectors)))
-    assert {hit[0].label for hit in hits} == {"class_00", "class_01", "class_02"}
+    rows = pd.read_parquet(pipeline / "artifacts/features/test_efficientnet/rows.parquet")
+    hits = [found[0] for found in searcher.search_vectors(vectors, 1)]
+    assert [hit.row for hit in hits] == list(range(len(vectors)))
+    assert [hit.label for hit in hits] == rows["class"].tolist()
+    assert [hit.path for hit in hits] == [Path("data/caltech101/images") / path for path in rows["path"]]
+
+
+def test_a_query_is_embedded_exactly_as_the_collection_was(pipeline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embedding a collection image's file through the searcher (decode, preprocessing, model, normalisation,
+    PCA) gives the vector the pipeline stored for it."""
+    monkeypatch.chdir(pipeline)
+    searcher = Searcher.from_pipeline(read_params("params.yaml"), 8, "annoy")
+    from ris.images import open_image
+    from ris.reduce import ReducedStore
+
+    stored = ReducedStore.load(pipeline / "artifacts/reduced/test_efficientnet/8").vectors
+    rows = pd.read_parquet(pipeline / "artifacts/features/test_efficientnet/rows.parquet")
+    for row in (0, 7, len(rows) - 1):
+        query = searcher.embed([open_image(pipeline / "data/caltech101/images" / rows["path"][row])])[0]
+        np.testing.assert_allclose(query, stored[row], atol=1e-4)
+
+
+def test_an_unwritable_grid_folder_is_one_line_and_the_results_still_print(
+        pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(pipeline)
+    query = _photo(tmp_path, "q.png", lambda: Image.new("RGB", (40, 30), "blue"))
+    (tmp_path / "a-file").write_text("not a folder")
+    assert command.main([str(query), "--grid-dir", str(tmp_path / "a-file" / "grids")]) == 1
+    out, err = capsys.readouterr()
+    assert "cannot write its result grid" in err and "Traceback" not in err and "   1  class_" in out

@@ -1,16 +1,6 @@
-"""Data stage: obtain the image collection (download, archive or folder) and catalogue it."""
+"""Data stage: obtain the image collection (``download``, ``prepare``: download, archive or folder), catalogue it
+(``catalog``) and split it (``split``).
 
-from ris.data.catalog import scan_images
-from ris.data.download import ChecksumError, DownloadError, download_file, extract_archive, md5sum
-from ris.data.prepare import PreparedCollection, prepare_collection
-
-__all__ = [
-    "ChecksumError",
-    "DownloadError",
-    "PreparedCollection",
-    "download_file",
-    "extract_archive",
-    "md5sum",
-    "prepare_collection",
-    "scan_images",
-]
+Import the modules themselves: this package imports nothing, so a stage that only reads the image table or the
+split does not depend on (and is not re-run for) the download code.
+"""

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import time
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
-from ris.images import IMAGE_SUFFIXES
+from ris.artifacts import ArtifactError
+from ris.images import IMAGE_SUFFIXES, ImageReadError, open_image
 
 logger = logging.getLogger("ris.data")
 
@@ -31,14 +30,6 @@ def _list_files(root: Path) -> list[Path]:
         base = Path(folder).relative_to(root)
         found.extend(base / name for name in filenames if not name.startswith("."))
     return sorted(found, key=lambda path: path.as_posix())
-
-
-def _decode(data: bytes) -> tuple[int, int]:
-    """Fully decode an encoded image and return its (width, height)."""
-    with Image.open(io.BytesIO(data)) as image:
-        # open() only reads the header; load() decodes every pixel, which is what exposes truncated files.
-        image.load()
-        return image.size
 
 
 def scan_images(root: Path, *, progress: bool = True) -> tuple[pd.DataFrame, list[dict[str, str]]]:
@@ -74,9 +65,10 @@ def scan_images(root: Path, *, progress: bool = True) -> tuple[pd.DataFrame, lis
             continue
         data = (root / relative).read_bytes()
         try:
-            width, height = _decode(data)
-        except Exception as error:  # PIL raises many exception types on malformed input, not only OSError
-            skipped.append({"path": path, "reason": f"cannot decode image: {type(error).__name__}: {error}"})
+            # The decoding extraction and search use: every pixel, EXIF applied, decompression bombs refused.
+            width, height = open_image(data, name=path).size
+        except ImageReadError as error:
+            skipped.append({"path": path, "reason": str(error).removeprefix(f"{path}: ")})
             continue
         rows.append(
             {
@@ -100,3 +92,18 @@ def scan_images(root: Path, *, progress: bool = True) -> tuple[pd.DataFrame, lis
     for item in skipped:
         logger.info("skipped %s: %s", item["path"], item["reason"])
     return table, skipped
+
+
+def read_image_table(path: Path) -> pd.DataFrame:
+    """The image table the download stage wrote (path, class, sha256, width, height).
+
+    Raises:
+        ArtifactError: it is missing or unreadable; the message says to run the download stage.
+    """
+    remedy = "run `dvc repro` (the download stage writes it)"
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found: {remedy}")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{path} is unreadable ({error}): {remedy}") from error

@@ -8,10 +8,12 @@ moves few of the others between splits.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ris.artifacts import ArtifactError
 from ris.config import SplitConfig
 
 SPLITS = ("train", "val", "test")
@@ -68,3 +70,18 @@ def splits_for_rows(split_table: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray
         missing = rows["path"][found.isna().to_numpy()].head(5).tolist()
         raise KeyError(f"{int(found.isna().sum())} images are not in the split, e.g. {missing}")
     return found.to_numpy(dtype=object)
+
+
+def read_splits(split_table: Path, rows: pd.DataFrame) -> np.ndarray:
+    """The split of each of ``rows``, from the ``split`` stage's table.
+
+    Raises:
+        ArtifactError: the table is missing, or was made for another collection.
+    """
+    remedy = "run `dvc repro` (the split stage writes it)"
+    if not split_table.is_file():
+        raise ArtifactError(f"{split_table} not found: {remedy}")
+    try:
+        return splits_for_rows(pd.read_parquet(split_table), rows)
+    except KeyError as error:
+        raise ArtifactError(f"{split_table} does not cover the features ({error.args[0]}): {remedy}") from error

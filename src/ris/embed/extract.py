@@ -33,6 +33,7 @@ from ris.embed.store import (
     stored_key,
 )
 from ris.embed.weights import WeightsSource, create_backbone, resolve_weights
+from ris.images import DECODING_VERSION
 from ris.paths import atomic_folder
 
 log = logging.getLogger("ris.embed")
@@ -45,9 +46,11 @@ def select_rows(table: pd.DataFrame, exclude_classes: list[str]) -> pd.DataFrame
 
 
 def extractor_key(backbone: BackboneConfig, source: WeightsSource, data_config: dict[str, Any]) -> str:
-    """Identity of the function image -> embedding: model, weights, preprocessing, numeric precision, normalisation."""
+    """Identity of the function image -> embedding: model, weights, preprocessing, numeric precision, normalisation,
+    and the code that computes it (ris's image decoding, timm's and torch's versions)."""
     identity = {"model": source.model, "weights": source.identity, "preprocessing": data_config,
-                "precision": backbone.precision, "normalize": backbone.normalize}
+                "precision": backbone.precision, "normalize": backbone.normalize, "decoding": DECODING_VERSION,
+                "timm": timm.__version__, "torch": torch.__version__}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -124,18 +127,23 @@ def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cac
     cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
     found, cached = cache.lookup(hashes) if cache is not None else (np.zeros(len(rows), bool), None)
     missing = np.flatnonzero(~found)
+    # Identical files (same content hash) are embedded once: the first row of each new hash.
+    first_of_hash: dict[str, int] = {}
+    for row in missing:
+        first_of_hash.setdefault(hashes[row], int(row))
     log.info("%d of %d images already embedded by this extractor; embedding %d", int(found.sum()), len(rows),
-             len(missing))
+             len(first_of_hash))
     started = time.perf_counter()
     device = "cpu"
-    embedded = np.empty((0, 0), np.float32)
-    if len(missing):
-        embedded, device = embed_images(plan, [images_dir / rows["path"].iloc[row] for row in missing],
-                                        progress=progress)
+    if first_of_hash:
+        unique, device = embed_images(plan, [images_dir / rows["path"].iloc[row] for row in first_of_hash.values()],
+                                      progress=progress)
+        position = {digest: index for index, digest in enumerate(first_of_hash)}
+        embedded = unique[[position[hashes[row]] for row in missing]]
     seconds = time.perf_counter() - started
     dim = embedded.shape[1] if len(missing) else cached.shape[1]
-    if cache is not None and len(missing):
-        cache.add([hashes[row] for row in missing], embedded)
+    if cache is not None and first_of_hash:
+        cache.add(list(first_of_hash), unique)
 
     with atomic_folder(out_dir) as staging:
         matrix = np.lib.format.open_memmap(staging / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
@@ -154,10 +162,10 @@ def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cac
                         "file": str(plan.source.file) if plan.source.file else None},
             "preprocessing": plan.data_config, "images": len(rows), "dim": int(dim)})
     log.info("wrote %d x %d embeddings to %s (%d embedded in %.1f s, %d reused)", len(rows), dim, out_dir,
-             len(missing), seconds, int(found.sum()))
+             len(first_of_hash), seconds, int(found.sum()))
     features = load_features(out_dir, expect_key=plan.key)
-    features.run = {"embedded": len(missing), "reused": int(found.sum()), "seconds": seconds, "device": device,
-                    "images_per_second": len(missing) / seconds if len(missing) else None}
+    features.run = {"embedded": len(first_of_hash), "reused": int(found.sum()), "seconds": seconds,
+                    "device": device, "images_per_second": len(first_of_hash) / seconds if first_of_hash else None}
     return features
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import timm
 
-from ris.config import BackboneConfig, ConfigError
+from ris.config import BackboneConfig
 from ris.errors import UserFacingError
 
 log = logging.getLogger("ris.embed")
@@ -131,18 +131,6 @@ def resolve_weights(cfg: BackboneConfig, environ: Mapping[str, str] = os.environ
         f"no local copy was given. Provide one of: backbone.weights_file=<path to a timm weights file>, "
         f"backbone.weights_dir=<folder with {cfg.name}.<tag>.safetensors> (or env {WEIGHTS_DIR_ENV}), "
         f"or backbone.pretrained=false for random weights.")
-
-
-def check_backbone_name(name: str) -> None:
-    """Reject a model name timm does not know (``arch`` or ``arch.tag``), suggesting similar ones.
-
-    Raises:
-        ConfigError: naming ``backbone.name``.
-    """
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise ConfigError(f"config key 'backbone.name' is {name!r}, which is not a timm model"
-                          + (f"; similar: {', '.join(close)}" if close else ""))
 
 
 def create_backbone(source: WeightsSource) -> timm.models.nn.Module:

@@ -26,11 +26,18 @@ def evaluate_queries(index: NearestNeighbourIndex, vectors: np.ndarray, labels: 
     Returns the metrics :func:`protocol_metrics` declares: mP@k, P@1, MAP@R, R@k, and recall of ``index`` against
     a fresh exact index over the same gallery, in the same metric.
     """
+    if len(index) != len(query_set.gallery):
+        raise ValueError(f"the index holds {len(index)} items but the gallery has {len(query_set.gallery)}")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     queries, query_labels = vectors[query_set.queries], labels[query_set.queries]
     gallery_labels = labels[query_set.gallery]
     # Leave-one-out: each query's own position in the gallery is excluded from its results.
-    self_ids = np.searchsorted(query_set.gallery, query_set.queries) if query_set.leave_one_out else None
+    self_ids = None
+    if query_set.leave_one_out:
+        self_ids = np.searchsorted(query_set.gallery, query_set.queries)
+        if (self_ids >= len(query_set.gallery)).any() or not np.array_equal(query_set.gallery[self_ids],
+                                                                             query_set.queries):
+            raise ValueError("leave-one-out queries must be members of the (sorted) gallery")
     deepest = max(cfg.k, 1, *cfg.recall_ks)
     matches = same_class(ranked_neighbours(index, queries, self_ids, deepest), query_labels, gallery_labels)
     values = {f"precision_at_{cfg.k}": precision_at_k(matches, cfg.k), "precision_at_1": precision_at_k(matches, 1),

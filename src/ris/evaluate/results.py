@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ris.artifacts import ArtifactError
 from ris.config import EvalConfig
 from ris.evaluate.declarations import cell_metrics, format_value, protocol_metrics
 from ris.evaluate.protocols import PROTOCOLS
@@ -23,6 +24,8 @@ def results_table(metrics_files: Iterable[Path], cfg: EvalConfig) -> pd.DataFram
     columns = [spec.key for spec in [*protocol_metrics(cfg), *cell_metrics()]]
     rows = []
     for path in metrics_files:
+        if not path.is_file():
+            raise ArtifactError(f"{path} not found: run `dvc repro` (the evaluate stage of that cell writes it)")
         report = json.loads(path.read_text())
         for protocol in cfg.protocols:
             metrics = {**report["protocols"][protocol], **report["cell"]}

@@ -67,13 +67,13 @@ class FeatureReducer:
 
 
 def fit_reducer(features: np.ndarray, dim: int | None, *, method: str = "pca", whiten: bool = False) -> FeatureReducer:
-    """Fit a reduction of ``features`` to ``dim`` components (``None`` or ``method='none'`` keeps them all).
+    """Fit a reduction of ``features`` to ``dim`` components (``None`` keeps them all).
 
     Raises:
         ValueError: if ``dim`` exceeds what PCA can give (the feature width or the number of rows).
     """
     input_dim = features.shape[1]
-    if method == "none" or dim is None or (dim == input_dim and not whiten):
+    if dim is None or (dim == input_dim and not whiten):
         return FeatureReducer(input_dim, input_dim)
     limit = min(features.shape)
     if dim > limit:

@@ -21,27 +21,32 @@ FORMAT_VERSION = 1
 
 @dataclass
 class ReducedStore:
-    """``vectors`` are the feature store's rows, in order, after ``reducer``; ``built_from`` names those features
-    (backbone, feature-store key, dimension label)."""
+    """``vectors`` are the feature store's rows, in order, after ``reducer`` (fitted on the split's train and val
+    rows); ``built_from`` names those features (backbone, feature-store key, dimension label)."""
 
     reducer: FeatureReducer
     vectors: np.ndarray
     built_from: dict[str, Any]
+    fitted_rows: int | None = None  # how many (train and val) rows the reducer was fitted on
 
     @classmethod
-    def fit(cls, features: FeatureSet, dim: int | None, cfg: ReduceConfig) -> ReducedStore:
-        """Fit the configured reduction to ``dim`` on the collection's embeddings, and reduce them.
+    def fit(cls, features: FeatureSet, dim: int | None, cfg: ReduceConfig, splits: np.ndarray) -> ReducedStore:
+        """Fit the configured reduction to ``dim`` on the collection's train and val embeddings, and reduce all.
+
+        The test images of the split never shape the projection, so the ``heldout`` protocol's queries are unseen
+        by every fitted step, PCA included.
 
         Raises:
             ConfigError: ``dim`` is more than PCA can give.
         """
+        fit_rows = np.flatnonzero(splits != "test")
         try:
-            reducer = fit_reducer(features.embeddings, dim, method=cfg.method, whiten=cfg.whiten)
+            reducer = fit_reducer(features.embeddings[fit_rows], dim, method=cfg.method, whiten=cfg.whiten)
         except ValueError as error:
             raise ConfigError(f"config key 'grid.dims' holds {dim}: {error}") from error
         built_from = {"backbone": features.meta["backbone"]["name"], "features_key": features.key,
                       "dim": dim_label(dim)}
-        return cls(reducer, reducer.transform(features.embeddings), built_from)
+        return cls(reducer, reducer.transform(features.embeddings), built_from, fitted_rows=len(fit_rows))
 
     def save(self, folder: Path) -> None:
         """Write the reducer, the vectors and ``reduced.json`` into ``folder``."""
@@ -52,6 +57,7 @@ class ReducedStore:
             "method": self.reducer.method, "input_dim": self.reducer.input_dim,
             "output_dim": self.reducer.output_dim, "whiten": self.reducer.scale is not None,
             "explained_variance": self.reducer.explained_variance, "rows": int(len(self.vectors)),
+            "fitted_on": "train+val", "fitted_rows": self.fitted_rows,
             "built_from": self.built_from})
 
     @classmethod
@@ -74,4 +80,4 @@ class ReducedStore:
         if reducer.output_dim != description["output_dim"] or (vectors and matrix.shape != expected_shape):
             raise ArtifactError(f"{folder}: vectors are {matrix.shape} and the reducer gives {reducer.output_dim} "
                                 f"dimensions; its description says {expected_shape}: {remedy}")
-        return cls(reducer, matrix, description["built_from"])
+        return cls(reducer, matrix, description["built_from"], description["fitted_rows"])

@@ -94,7 +94,11 @@ def main(argv: Sequence[str]) -> int:
             continue
         decode_ms = 1e3 * (time.perf_counter() - started)
         result = searcher.search(image, k)
-        grid = None if args.no_grid else write_grid(args.grid_dir / grid_name(query, taken), image, result)
+        try:
+            grid = None if args.no_grid else write_grid(args.grid_dir / grid_name(query, taken), image, result)
+        except OSError as error:  # the results stand; only the picture could not be written
+            print(f"ris search: {query}: cannot write its result grid ({error})", file=sys.stderr)
+            failures, grid = failures + 1, None
         if args.json:
             records.append({"query": str(query), "index": searcher.description, "grid": str(grid) if grid else None,
                             "timings_ms": {"decode": decode_ms, "embed": result.embed_ms, "search": result.search_ms},

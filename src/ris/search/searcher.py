@@ -18,7 +18,7 @@ from PIL import Image
 from ris.artifacts import ArtifactError
 from ris.config import Config, check_dim, dim_label, parse_dim
 from ris.embed.lightning import EmbeddingModule
-from ris.embed.store import ROWS_FILE, read_meta
+from ris.embed.store import load_features
 from ris.embed.weights import create_backbone, resolve_weights
 from ris.index.base import NearestNeighbourIndex
 from ris.index.store import IndexStore
@@ -98,7 +98,8 @@ class Searcher:
             raise ArtifactError(f"the cell {dim_label(dim_value)}/{index_name} is not in the grid `dvc repro` builds "
                                 f"(grid.dims {built}, grid.indexes {cfg.grid.indexes}): pick one with --dim and "
                                 f"--index, or add it to the grid and run `dvc repro`")
-        meta = read_meta(paths.features_dir, remedy)
+        features = load_features(paths.features_dir, remedy=remedy)  # embeddings memory-mapped, not read
+        meta = features.meta
         expected = {"features_key": meta["key"], "dim": dim_label(dim_value)}
         reduced = ReducedStore.load(paths.reduced_dir(dim_value), expect=expected, vectors=False, remedy=remedy)
         index = IndexStore.load(paths.index_dir(dim_value, index_name), expect={**expected, "index": index_name},
@@ -109,7 +110,7 @@ class Searcher:
                                 f"{meta['weights']['identity']}, but backbone settings give {source.model} weights "
                                 f"{source.identity}: give the same weights, or run `dvc repro` to re-embed")
         embedder = ImageEmbedder(create_backbone(source), meta["preprocessing"], meta["backbone"]["normalize"])
-        rows = pd.read_parquet(paths.features_dir / ROWS_FILE)
+        rows = features.rows
         description = f"{meta['model']} / {dim_label(dim_value)} / {index_name}"
         return cls(embedder, reduced.reducer, index.index, rows, paths.images_dir, description)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ris.config import Config
-from ris.data import prepare_collection
-from ris.embed.weights import check_backbone_name, resolve_weights
+from ris.data.prepare import prepare_collection
+from ris.embed.models import check_backbone_name
+from ris.embed.weights import resolve_weights
 from ris.paths import PipelinePaths, write_json_atomic
 from ris.stages._common import load_stage_config, parse_stage_args, stage_main, timed
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pandas as pd
-
-from ris.artifacts import ArtifactError
 from ris.cell import Cell, evaluate_cell, grid_cell, track_cell
 from ris.checks import check_registries
 from ris.config import Config, dim_label
-from ris.data.split import splits_for_rows
+from ris.data.split import read_splits
 from ris.embed.store import load_features
 from ris.index.store import IndexStore
 from ris.paths import PipelinePaths, write_json_atomic
@@ -28,10 +25,7 @@ def run(cfg: Config, cell: Cell) -> dict:
     expected = {"features_key": features.key, "dim": dim_label(cell.dim)}
     reduced = ReducedStore.load(paths.reduced_dir(cell.dim), expect=expected)
     index = IndexStore.load(paths.index_dir(cell.dim, cell.index_name), expect={**expected, "index": cell.index_name})
-    try:
-        splits = splits_for_rows(pd.read_parquet(paths.split_table), features.rows)
-    except (OSError, KeyError) as error:
-        raise ArtifactError(f"{paths.split_table} does not cover the features ({error}): run `dvc repro`") from error
+    splits = read_splits(paths.split_table, features.rows)
     with timed(f"evaluate {cell.name}"):
         result = evaluate_cell(cell, reduced, index, features.labels, splits, cfg)
     report = result.report()

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from ris.config import Config
+from ris.data.catalog import read_image_table
 from ris.embed.extract import extract_features
-from ris.embed.weights import check_backbone_name
+from ris.embed.models import check_backbone_name
 from ris.paths import PipelinePaths, write_json_atomic
 from ris.stages._common import load_stage_config, parse_stage_args, stage_main
 
@@ -19,7 +18,7 @@ def run(cfg: Config) -> dict:
     """Write the feature store for ``cfg.backbone`` and a throughput report."""
     check_backbone_name(cfg.backbone.name)
     paths = PipelinePaths(cfg)
-    table = pd.read_parquet(paths.image_table)
+    table = read_image_table(paths.image_table)
     features = extract_features(table, paths.images_dir, cfg.backbone, paths.features_dir,
                                 exclude_classes=cfg.data.exclude_classes, cache_root=paths.embedding_cache,
                                 reuse=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ris.config import Config, parse_dim
+from ris.data.split import read_splits
 from ris.embed.store import load_features
 from ris.paths import PipelinePaths, atomic_folder
 from ris.reduce import ReducedStore
@@ -12,11 +13,12 @@ from ris.stages._common import load_stage_config, parse_stage_args, stage_main, 
 
 
 def run(cfg: Config, dim: int | None) -> dict:
-    """Fit the reducer on the collection's embeddings; save it and the reduced matrix as one store."""
+    """Fit the reducer on the collection's train and val embeddings; save it and the reduced matrix as one store."""
     paths = PipelinePaths(cfg)
     features = load_features(paths.features_dir)
+    splits = read_splits(paths.split_table, features.rows)
     with timed(f"reduce to {dim or 'full'}"):
-        reduced = ReducedStore.fit(features, dim, cfg.reduce)
+        reduced = ReducedStore.fit(features, dim, cfg.reduce, splits)
     with atomic_folder(paths.reduced_dir(dim)) as folder:
         reduced.save(folder)
     return {"dim": reduced.reducer.output_dim, "explained_variance": reduced.reducer.explained_variance}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import pandas as pd
-
 from ris.config import Config
+from ris.data.catalog import read_image_table
 from ris.data.split import SPLITS, split_collection
 from ris.paths import PipelinePaths, write_json_atomic
 from ris.stages._common import load_stage_config, parse_stage_args, stage_main
@@ -16,7 +15,7 @@ from ris.stages._common import load_stage_config, parse_stage_args, stage_main
 def run(cfg: Config) -> dict:
     """Split the collection's images (excluded classes left out) and write the table and a summary."""
     paths = PipelinePaths(cfg)
-    table = pd.read_parquet(paths.image_table)
+    table = read_image_table(paths.image_table)
     split = split_collection(table[~table["class"].isin(cfg.data.exclude_classes)], cfg.data.split)
     partial = paths.split_table.with_name(f".{paths.split_table.name}.{os.getpid()}.partial")
     split.to_parquet(partial, index=False)
