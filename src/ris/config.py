@@ -8,7 +8,10 @@ starts, with a message that names the key and the allowed values.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,12 +184,34 @@ def load_config(raw: dict[str, Any] | DictConfig) -> Config:
         merged = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
-        raise ConfigError(f"config key '{key}': {error.msg if hasattr(error, 'msg') else error}") from error
+        known = known_keys(key)
+        if known is not None and key.rsplit(".", 1)[-1] not in known:
+            raise ConfigError(unknown_key_message(key, known)) from error
+        message = str(getattr(error, "msg", error)).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {message}") from error
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     cfg.grid.dims = _as_list(cfg.grid.dims)
     cfg.grid.indexes = _as_list(cfg.grid.indexes)
     validate(cfg)
     return cfg
+
+
+def known_keys(key: str) -> list[str] | None:
+    """The keys the schema allows beside ``key`` (its siblings), or None where any key is allowed (a dict)."""
+    node: Any = Config
+    for part in key.split(".")[:-1]:
+        fields = {item.name: item for item in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return None
+        node = typing.get_type_hints(node)[part]
+    return [item.name for item in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else None
+
+
+def unknown_key_message(key: str, known: list[str]) -> str:
+    """``key`` is not a config key: say so, with the close matches and every key allowed there."""
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=3)
+    hint = f"; did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
+    return f"config key '{key}' does not exist{hint} (keys there: {', '.join(known)})"
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -71,5 +72,7 @@ def hydra_main(raw: DictConfig) -> float:
         cfg = checked_config(OmegaConf.to_container(raw, resolve=True), check_model=True)  # type: ignore[arg-type]
         reports = run_grid(cfg)
     except UserFacingError as error:
+        if os.environ.get("RIS_DEBUG") == "1":
+            raise
         raise SystemExit(f"ris run: {error}") from None
     return reports[0]["protocols"][cfg.eval.protocols[0]]["map_at_r"]

@@ -51,6 +51,7 @@ def test_scan_table_and_skips(tmp_path: Path) -> None:
     assert set(reasons) == {"class_01/truncated.jpg", "class_02/text.jpg", "class_02/tmp", "loose.jpg"}
     assert "truncated" in reasons["class_01/truncated.jpg"].lower()
     assert "not an image" in reasons["class_02/text.jpg"]
+    assert not any("0x" in reason for reason in reasons.values())  # no memory address: same input, same report
     assert "not an image" in reasons["class_02/tmp"]
     assert "class folder" in reasons["loose.jpg"]
 

@@ -51,6 +51,8 @@ def test_embeddings_are_row_aligned_normalised_and_match_the_model(image_tree: P
     assert (features.rows["row"] == np.arange(8)).all()
     np.testing.assert_allclose(np.linalg.norm(features.embeddings, axis=1), 1.0, rtol=1e-5)
     assert features.meta["weights"]["kind"] == "file"
+    assert features.meta["weights"]["file_name"] == f"{TINY}.r160_in1k.safetensors"
+    assert str(folder) not in (tmp_path / "store" / "meta.json").read_text()  # no machine-specific path
 
     # Row 3's embedding is what the reference weights give for row 3's image with timm's eval preprocessing.
     reference.reset_classifier(0)

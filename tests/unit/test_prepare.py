@@ -97,7 +97,7 @@ def test_from_read_only_folder(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, source_dir=str(parent))  # holds an image_root sub-folder, which is used
     result = prepare_collection(cfg, environ={}, progress=False)
     _assert_prepared(result, cfg)
-    assert result.source == f"folder {parent / IMAGE_ROOT}"
+    assert result.source == f"folder {IMAGE_ROOT}"  # a name, not a machine-specific absolute path
     assert _snapshot(parent) == before
     for path in [result.images_dir, *result.images_dir.rglob("*")]:
         assert path.stat().st_mode & stat.S_IWUSR, f"{path} is not writable, so the copy could not be deleted"
@@ -112,7 +112,7 @@ def test_folder_from_env_replaces_old_output(tmp_path: Path) -> None:
     (Path(cfg.root) / cfg.name / ".prepare-killed").mkdir()
     second = prepare_collection(cfg, environ={"RIS_DATA_DIR": str(image_root)}, progress=False)
     _assert_prepared(second, cfg)
-    assert second.source == f"folder {image_root}"
+    assert second.source == f"folder {image_root.name}"
     assert not (second.images_dir / "class_00" / "stale.jpg").exists()
 
 
@@ -122,7 +122,7 @@ def test_from_local_tar_gz_unknown_name_warns(tmp_path: Path, caplog: pytest.Log
     with caplog.at_level(logging.WARNING, logger="ris.data"):
         result = prepare_collection(cfg, environ={"RIS_DATA_ARCHIVE": "/does/not/matter"}, progress=False)
     _assert_prepared(result, cfg)
-    assert result.source == f"archive {archive}"
+    assert result.source == f"archive {archive.name}"
     assert any("no entry in data.checksums" in record.getMessage() for record in caplog.records)
 
 
@@ -140,7 +140,7 @@ def test_from_nested_official_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     cfg = _cfg(tmp_path, checksums=checksums)
     result = prepare_collection(cfg, environ={"RIS_DATA_ARCHIVE": str(archive)}, progress=False)
     _assert_prepared(result, cfg)
-    assert result.source == f"archive {archive}"
+    assert result.source == f"archive {archive.name}"
     assert extracted == ["caltech-101.zip", f"{IMAGE_ROOT}.tar.gz"]  # Annotations.tar is left alone
 
 

@@ -72,7 +72,7 @@ def test_stage_rejects_unknown_key_in_params_before_any_work(tmp_path: Path, mon
     raw["reduce"]["dimm"] = 3
     params.write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="ris stage download: config key 'reduce.dimm'"):
+    with pytest.raises(SystemExit, match="ris stage download: config key 'reduce.dimm' does not exist"):
         main(["stage", "download", "--params", str(params)])
     assert not (tmp_path / "data").exists() and not (tmp_path / "reports").exists()
 

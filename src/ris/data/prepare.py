@@ -45,7 +45,7 @@ class PreparedCollection:
     table_path: Path
     table: pd.DataFrame
     skipped: list[dict[str, str]]
-    source: str  # "download <url>", "archive <path>" or "folder <path>"
+    source: str  # "download <url>", "archive <file name>" or "folder <folder name>"
 
 
 def _verify_known(archive: Path, checksums: Mapping[str, str]) -> bool:
@@ -176,7 +176,7 @@ def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path, progre
         started = time.perf_counter()
         _copy_folder(folder_path, work / "copied")
         logger.info("copied %s in %.1f s", folder_path, time.perf_counter() - started)
-        return work / "copied", f"folder {folder_path}"
+        return work / "copied", f"folder {folder_path.name}"  # the name: the same data reports the same anywhere
 
     archive = cfg.archive or environ.get(DATA_ARCHIVE_ENV)
     if archive:
@@ -185,7 +185,7 @@ def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path, progre
             raise SourceNotFoundError(f"archive {archive_path} (data.archive or env {DATA_ARCHIVE_ENV}) not found")
         if not _verify_known(archive_path, cfg.checksums):
             logger.warning("archive %s has no entry in data.checksums: using it unverified", archive_path)
-        return _unpack(archive_path, work, cfg), f"archive {archive_path}"
+        return _unpack(archive_path, work, cfg), f"archive {archive_path.name}"
 
     if cfg.url:
         # download_file verifies the md5 of known names, so the archive is not hashed a second time here.

@@ -156,10 +156,14 @@ def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cac
         del matrix
         rows.assign(row=np.arange(len(rows))).to_parquet(staging / ROWS_FILE)
         write_description(staging / META_FILE, FORMAT, FORMAT_VERSION, {
-            "key": plan.key, "extractor_key": plan.extractor_key, "backbone": asdict(plan.backbone),
+            "key": plan.key, "extractor_key": plan.extractor_key,
+            "backbone": {name: value for name, value in asdict(plan.backbone).items()
+                         if name not in ("weights_file", "weights_dir")},  # where weights live is not what they are
             "model": plan.source.model, "timm_version": timm.__version__,
+            # The weights file's name only: its content hash is the identity, and where the file lives on this
+            # machine must not make the same features describe themselves differently elsewhere.
             "weights": {"kind": plan.source.kind, "identity": plan.source.identity,
-                        "file": str(plan.source.file) if plan.source.file else None},
+                        "file_name": plan.source.file.name if plan.source.file else None},
             "preprocessing": plan.data_config, "images": len(rows), "dim": int(dim)})
     log.info("wrote %d x %d embeddings to %s (%d embedded in %.1f s, %d reused)", len(rows), dim, out_dir,
              len(first_of_hash), seconds, int(found.sum()))

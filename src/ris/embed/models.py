@@ -3,6 +3,8 @@ the index and evaluate stages depend on how weights are found)."""
 
 from __future__ import annotations
 
+import difflib
+
 from ris.config import ConfigError
 
 
@@ -15,6 +17,6 @@ def check_backbone_name(name: str) -> None:
     import timm  # imported here: slow, and only the entry points that start work need it
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=6, cutoff=0.6)
         raise ConfigError(f"config key 'backbone.name' is {name!r}, which is not a timm model"
-                          + (f"; similar: {', '.join(close)}" if close else ""))
+                          + (f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models()` lists them"))

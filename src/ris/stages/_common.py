@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,8 @@ def stage_main(stage: str, body: Callable[[], object]) -> None:
     try:
         body()
     except UserFacingError as error:
+        if os.environ.get("RIS_DEBUG") == "1":
+            raise
         sys.exit(f"ris stage {stage}: {error}")
 
 

@@ -4,7 +4,6 @@ before by the same extractor are computed; the rest come from the embedding cach
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from ris.config import Config
 from ris.data.catalog import read_image_table
@@ -29,7 +28,7 @@ def run(cfg: Config) -> dict:
               "embedded": run["embedded"], "reused": run["reused"], "seconds": run["seconds"],
               "images_per_second": run["images_per_second"], "device": run["device"],
               "weights": {"kind": weights["kind"], "identity": weights["identity"],
-                          "file_name": Path(weights["file"]).name if weights["file"] else None},
+                          "file_name": weights["file_name"]},
               "preprocessing": meta["preprocessing"], "timm_version": meta["timm_version"],
               "excluded_classes": cfg.data.exclude_classes,
               "excluded_images": int(table["class"].isin(cfg.data.exclude_classes).sum()),
