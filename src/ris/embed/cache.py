@@ -48,16 +48,17 @@ class EmbeddingCache:
         return found, vectors
 
     def add(self, hashes: list[str], vectors: np.ndarray) -> None:
-        """Store ``vectors`` under ``hashes`` (new ones only), replacing the folder's files atomically."""
-        first_row: dict[str, int] = {}  # each new hash, at its first row in ``hashes``
-        for row, digest in enumerate(hashes):
-            if digest not in self._row_of and digest not in first_row:
-                first_row[digest] = row
-        if not first_row:
+        """Store ``vectors`` under ``hashes`` (distinct; those already cached are skipped).
+
+        The new files are written to a staging folder that then replaces the old one. The swap is two renames: a
+        kill between them loses the cache (never a feature store), which only makes the next extraction slower.
+        """
+        new_rows = [row for row, digest in enumerate(hashes) if digest not in self._row_of]
+        if not new_rows:
             return
-        added = np.asarray(vectors[list(first_row.values())], dtype=np.float32)
+        added = np.asarray(vectors[new_rows], dtype=np.float32)
         matrix = added if self._matrix is None else np.concatenate([np.asarray(self._matrix), added])
-        all_hashes = self._hashes + list(first_row)
+        all_hashes = self._hashes + [hashes[row] for row in new_rows]
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
         np.save(staging / EMBEDDINGS_FILE, matrix)

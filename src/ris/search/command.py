@@ -9,6 +9,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image
+
+from ris.checks import read_params
 from ris.errors import UserFacingError
 from ris.images import ImageReadError, list_images, open_image
 from ris.search.grid import GridTile, save_result_grid
@@ -45,7 +48,7 @@ def grid_name(query: Path, taken: set[str]) -> str:
     return name
 
 
-def write_grid(path: Path, query_image, result: SearchResult) -> Path:  # type: ignore[no-untyped-def]
+def write_grid(path: Path, query_image: Image.Image, result: SearchResult) -> Path:
     """The query, then each hit with its rank, class and distance under it."""
     tiles = []
     for hit in result.hits:
@@ -68,8 +71,6 @@ def main(argv: Sequence[str]) -> int:
     """Search every query; return 0 when all succeeded, 1 when any query failed, 2 when nothing could run."""
     args = parse_args(argv)
     try:
-        from ris.checks import read_params
-
         cfg = read_params(args.params)
         k = args.k if args.k is not None else cfg.search.k
         if k < 1:
