@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+REPO = Path(__file__).resolve().parents[1]
 REQUIRE_SHARED_ENV = "RIS_REQUIRE_SHARED"
 SHARED_DIR = Path(os.environ.get("RIS_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+@pytest.fixture(autouse=True)
+def repository_conf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run ris in temporary folders: point it at this checkout's conf/ (it reads ./conf otherwise)."""
+    monkeypatch.setenv("RIS_CONF_DIR", str(REPO / "conf"))
 
 
 def _shared_or_skip(relative: str) -> Path:
@@ -55,3 +62,31 @@ def make_image_tree(root: Path, classes: int = 3, per_class: int = 4, size: int 
 def image_tree(tmp_path: Path) -> Path:
     """A small synthetic collection: 3 classes x 4 JPEGs."""
     return make_image_tree(tmp_path / "images")
+
+
+TINY_PIPELINE = ["backbone.name=test_efficientnet", "backbone.pretrained=false", "backbone.num_workers=0",
+                 "backbone.batch_size=8", "data.exclude_classes=[]", "grid.dims=[full,8]",
+                 "grid.indexes=[brute,annoy]", "search.dim=8", "search.index=annoy",
+                 "indexes.annoy.params.n_trees=10", "eval.latency.queries=20", "eval.latency.warmup=2"]
+"""A tiny timm model with random weights and small latency samples: the real code path in seconds."""
+
+
+def build_tiny_pipeline(work: Path, overrides: list[str], classes: int = 3, per_class: int = 6) -> Path:
+    """Run download, split, extract, reduce and index in ``work`` on a synthetic collection; return params.yaml."""
+    from ris.checks import read_params
+    from ris.cli import compose_params
+    from ris.stages import download, extract, index, reduce, split
+
+    images = make_image_tree(work / "source", classes=classes, per_class=per_class, size=64)
+    params = compose_params([f"data.source_dir={images}", *TINY_PIPELINE, *overrides], out=work / "params.yaml")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        cfg = read_params(params)
+        download.run(cfg)
+        split.run(cfg)
+        extract.run(cfg)
+        for dim in (None, 8):
+            reduce.run(cfg, dim)
+            for name in ("brute", "annoy"):
+                index.run(cfg, dim, name)
+    return params

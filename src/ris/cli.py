@@ -4,14 +4,21 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ris.stages import STAGES
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from ris.config import Config
 
 USAGE = """ris [--debug] <command> [args]
 
@@ -29,19 +36,34 @@ A problem you can fix (a config key or value, a missing input) is one line on st
 DEBUG_ENV = "RIS_DEBUG"
 
 
-def compose_params(overrides: Sequence[str], out: Path = Path("params.yaml"), conf_dir: Path | None = None) -> Path:
-    """Compose ``conf/`` with ``overrides`` and write it, checked, to ``out`` (the file `dvc repro` reads)."""
+def compose_config(overrides: Sequence[str], conf_dir: Path | None = None) -> tuple[DictConfig, Config]:
+    """Compose ``conf/`` with ``overrides``, resolved and checked; a bad override is one :class:`ConfigError` line.
+
+    Returns:
+        The composed tree (as written to params.yaml) and the checked config.
+    """
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf import DictConfig, OmegaConf
 
     from ris.checks import checked_config
     from ris.config import ConfigError, unknown_key_message
-    from ris.paths import CONF_DIR, write_text_atomic
+    from ris.paths import conf_dir as default_conf_dir
 
-    with initialize_config_dir(config_dir=str((conf_dir or CONF_DIR).resolve()), version_base="1.3"):
+    root = (conf_dir or default_conf_dir()).resolve()
+    with initialize_config_dir(config_dir=str(root), version_base="1.3"):
         try:
             composed = compose(config_name="config", overrides=list(overrides))
+        except MissingConfigException as error:  # a config group choice that has no file, e.g. backbone=resnet5
+            group = re.search(r"'([^'/]+)/([^']+)'", str(error))
+            if group is None:
+                raise ConfigError(f"bad override: {str(error).splitlines()[0]}") from error
+            name, choice = group.groups()
+            choices = sorted(path.stem for path in (root / name).glob("*.yaml"))
+            close = difflib.get_close_matches(choice, choices, n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"'{name}={choice}': conf/{name} has no {choice}.yaml{hint} "
+                              f"(choices: {', '.join(choices)})") from error
         except HydraException as error:
             missing = re.search(r"Could not override '([^']+)'", str(error))
             if missing is None:
@@ -52,11 +74,51 @@ def compose_params(overrides: Sequence[str], out: Path = Path("params.yaml"), co
             known = [str(name) for name in parent] if isinstance(parent, DictConfig) else []
             raise ConfigError(unknown_key_message(key, known)) from error
     OmegaConf.resolve(composed)
-    cfg = checked_config(composed, check_model=True)  # reject a bad composition before writing it
+    cfg = checked_config(composed, check_model=True)  # type: ignore[arg-type]
     # dvc.yaml's matrix stages need lists: a single grid value is written as a one-element list.
     composed.grid.dims, composed.grid.indexes = cfg.grid.dims, cfg.grid.indexes
+    return composed, cfg
+
+
+def compose_params(overrides: Sequence[str], out: Path = Path("params.yaml"), conf_dir: Path | None = None) -> Path:
+    """Compose ``conf/`` with ``overrides`` and write it, checked, to ``out`` (the file `dvc repro` reads)."""
+    from omegaconf import OmegaConf
+
+    from ris.paths import write_text_atomic
+
+    composed, _ = compose_config(overrides, conf_dir)  # a bad composition is rejected before it is written
     write_text_atomic(out, OmegaConf.to_yaml(composed))
     return out
+
+
+def check_run_overrides(args: Sequence[str]) -> None:
+    """Compose every job a `ris run [-m]` command line would run, so a bad override is one line before Hydra starts.
+
+    Hydra's own flags and ``hydra.*`` settings are left to Hydra; each value of a sweep is checked once (with the
+    first value of the other sweeps); ``glob()`` sweeps are left to Hydra.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from ris.config import ConfigError
+
+    lines = [arg for arg in args if "=" in arg and not arg.startswith(("-", "hydra.", "hydra/", "+hydra"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(lines)
+    except HydraException as error:
+        raise ConfigError(f"bad override: {str(error).splitlines()[0]}") from error
+    options: list[list[str]] = []
+    for override in parsed:
+        sweep = override.is_sweep_override() and override.value_type.name != "GLOB_CHOICE_SWEEP"
+        key = override.get_key_element()
+        options.append([f"{key}={value}" for value in override.sweep_string_iterator()] if sweep
+                       else [] if override.is_sweep_override() else [override.input_line])
+    chosen = [values for values in options if values]
+    first = [values[0] for values in chosen]
+    compose_config(first)
+    for position, values in enumerate(chosen):
+        for value in values[1:]:
+            compose_config([*first[:position], value, *first[position + 1:]])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -93,8 +155,8 @@ def run_command(command: str, rest: list[str]) -> None:
     elif command == "run":
         from ris.run import hydra_main
 
-        sys.argv = ["ris run", *rest]  # Hydra reads its overrides from sys.argv
-        hydra_main()
+        check_run_overrides(rest)
+        hydra_main(rest)
     elif command == "compose":
         parser = argparse.ArgumentParser(prog="ris compose")
         parser.add_argument("--out", type=Path, default=Path("params.yaml"))

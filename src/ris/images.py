@@ -26,6 +26,16 @@ ALPHA_BACKGROUND = (128, 128, 128)
 """Transparent pixels are shown on neutral mid-gray: black or white would read as content to an embedding model."""
 
 
+MAX_PIXELS = 50_000_000
+"""Images with more pixels are refused before decoding (a 50-megapixel photo decodes to 150 MB of RGB, 200 MB with
+alpha): one file must not be able to take a run's memory. Pillow's own decompression-bomb limit is higher."""
+
+MAX_ASPECT_RATIO = 10.0
+"""Images longer than 10:1 are refused before decoding. Preprocessing resizes the short side to the model's input
+size, so a 20000 x 2 strip would become 2.5 million pixels wide; at 10:1 the resized image stays under ten times
+the model's input area."""
+
+
 class ImageReadError(UserFacingError, ValueError):
     """An image cannot be read or decoded; the message names the source and the problem in one line."""
 
@@ -47,7 +57,8 @@ def open_image(source: str | Path | bytes, *, name: str | None = None) -> Image.
 
     Raises:
         ImageReadError: The file is missing, is a folder or unreadable; the data is not an image, is truncated or
-            corrupt; or the image has more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb?).
+            corrupt; or its size is beyond :data:`MAX_PIXELS` or :data:`MAX_ASPECT_RATIO` (checked from the header,
+            before decoding), or ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb?).
     """
     if isinstance(source, bytes):
         label = name or "image"
@@ -73,6 +84,7 @@ def _decode(file: BinaryIO, label: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file) as image:
+                _check_size(*image.size)  # from the header: refused before any pixel is decoded
                 image.seek(0)  # the first frame of an animation (already current after open; explicit for clarity)
                 # open() only reads the header; load() decodes every pixel, which is what exposes truncated files.
                 image.load()
@@ -80,6 +92,8 @@ def _decode(file: BinaryIO, label: str) -> Image.Image:
                 return _to_rgb(upright)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{label}: {_too_large(error)}") from error
+    except _SizeRefused as error:
+        raise ImageReadError(f"{label}: {error}") from error
     except UnidentifiedImageError as error:
         # PIL's own message repeats the path or a BytesIO repr; the label already says which file it is.
         raise ImageReadError(f"{label}: not an image (cannot identify image file)") from error
@@ -88,6 +102,22 @@ def _decode(file: BinaryIO, label: str) -> Image.Image:
         if "truncated" in detail.lower():
             raise ImageReadError(f"{label}: truncated image ({detail})") from error
         raise ImageReadError(f"{label}: cannot decode image ({type(error).__name__}: {detail})") from error
+
+
+def _check_size(width: int, height: int) -> None:
+    """Refuse empty sizes and sizes beyond :data:`MAX_PIXELS` or :data:`MAX_ASPECT_RATIO`, with the reason."""
+    if width < 1 or height < 1:
+        raise _SizeRefused(f"empty image ({width} x {height} pixels)")
+    if width * height > MAX_PIXELS:
+        raise _SizeRefused(f"too large: {width} x {height} = {width * height:,} pixels, limit {MAX_PIXELS:,}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        ratio = max(width, height) / min(width, height)
+        raise _SizeRefused(f"aspect ratio {ratio:,.0f}:1 ({width} x {height} pixels) is beyond "
+                           f"{MAX_ASPECT_RATIO:.0f}:1, which preprocessing cannot resize in bounded memory")
+
+
+class _SizeRefused(ValueError):
+    """An image size outside the decoding bounds (its message is the whole reason)."""
 
 
 def _too_large(error: Exception) -> str:

@@ -12,10 +12,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ris.config import Config, dim_label
+from ris.config import Config, ConfigError, dim_label
+from ris.locks import locked
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-"""The Hydra config root (the repository's ``conf/``; ris runs from a checkout, as DVC pipelines do)."""
+CONF_DIR_ENV = "RIS_CONF_DIR"
+
+
+def conf_dir() -> Path:
+    """The Hydra config root: env RIS_CONF_DIR, else ``conf/`` in the working directory.
+
+    Like `dvc repro`, ris runs in a checkout: a second clone, a git worktree or a `dvc exp run --temp` workspace
+    uses its own ``conf/``, never the one of the checkout the package happens to be installed from.
+
+    Raises:
+        ConfigError: no ``config.yaml`` there.
+    """
+    folder = Path(os.environ.get(CONF_DIR_ENV) or "conf").resolve()
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"{folder / 'config.yaml'} not found: run ris in a ris checkout (the folder with "
+                          f"dvc.yaml and conf/), or point env {CONF_DIR_ENV} at a config folder")
+    return folder
 
 
 @dataclass(frozen=True)
@@ -75,23 +91,48 @@ class PipelinePaths:
         return self.reports_dir / "metrics" / self.cfg.backbone.name / f"{dim_label(dim)}-{index}.json"
 
 
+def remove_abandoned_staging(final: Path) -> None:
+    """Delete the staging folders of ``final`` whose process is gone (killed midway); live ones are left alone."""
+    for staging in final.parent.glob(f".{final.name}.*.partial"):
+        owner = staging.name.removeprefix(f".{final.name}.").split(".")[0]
+        if owner.isdigit() and not _process_alive(int(owner)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
 @contextmanager
 def atomic_folder(final: Path) -> Iterator[Path]:
     """Yield an empty staging folder beside ``final``; when the block succeeds it replaces ``final`` whole.
 
-    A stage killed midway leaves the previous ``final`` (or none) and no half-written one.
+    A stage killed midway leaves the previous ``final`` (or none) and no half-written one. The swap holds
+    ``final``'s exclusive lock, so a process loading it (under the shared lock) sees the old or the new version.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    remove_abandoned_staging(final)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".partial", dir=final.parent))
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     staging.chmod(0o755)  # mkdtemp makes it private; outputs are ordinary folders
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    with locked(final, exclusive=True):  # waits for readers of the old version (they load under a shared lock)
+        trash = None
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, trash)  # a rename, so the swap is two renames: never a half-deleted final
+        os.replace(staging, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -11,40 +11,82 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ris.artifacts import ArtifactError
 from ris.cell import grid_cells, run_cell, track_cell
 from ris.checks import checked_config
 from ris.config import Config
 from ris.data.catalog import read_image_table
-from ris.data.prepare import prepare_collection
+from ris.data.prepare import ensure_collection
 from ris.data.split import split_collection, splits_for_rows
-from ris.embed.extract import plan_extraction, run_extraction
-from ris.embed.store import FeatureSet, load_features, stored_key
+from ris.embed.extract import feature_key, plan_extraction, run_extraction, select_rows
+from ris.embed.store import FeatureSet, load_features, read_meta, stored_key
+from ris.embed.weights import WeightsUnavailableError
 from ris.errors import UserFacingError
-from ris.paths import CONF_DIR, PipelinePaths
+from ris.locks import locked
+from ris.paths import PipelinePaths, conf_dir
 
 log = logging.getLogger("ris.run")
+
+# Hydra's log folders carry the process id: two runs started in the same second never share one.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
 
 
 def features_for(cfg: Config) -> FeatureSet:
     """The collection's embeddings for ``cfg.backbone``: the DVC stage's store when its key matches, else a store
     per key under ``<artifacts>/cache/features`` (built from the embedding cache, so images are embedded once)."""
     paths = PipelinePaths(cfg)
-    if not paths.image_table.exists():
-        prepare_collection(cfg.data)
-    plan = plan_extraction(read_image_table(paths.image_table), cfg.backbone, cfg.data.exclude_classes)
-    cached = Path(cfg.paths.artifacts) / "cache" / "features" / cfg.backbone.name / plan.key
-    for folder in (paths.features_dir, cached):
-        if stored_key(folder) == plan.key:
-            log.info("reusing features %s from %s", plan.key, folder)
-            return load_features(folder, expect_key=plan.key)
-    cache_dir = paths.embedding_cache / cfg.backbone.name / plan.extractor_key
-    return run_extraction(plan, paths.images_dir, cached, cache_dir=cache_dir)
+    ensure_collection(cfg.data)
+    # Shared: the collection may not be replaced while its images are planned and embedded.
+    with locked(paths.collection_dir, exclusive=False):
+        table = read_image_table(paths.image_table)
+        try:
+            plan = plan_extraction(table, cfg.backbone, cfg.data.exclude_classes)
+        except WeightsUnavailableError as error:
+            return stored_features_without_weights(cfg, select_rows(table, cfg.data.exclude_classes), error)
+        if stored_key(paths.features_dir) == plan.key:
+            log.info("reusing features %s from %s", plan.key, paths.features_dir)
+            return load_features(paths.features_dir, expect_key=plan.key)
+        cached = Path(cfg.paths.artifacts) / "cache" / "features" / cfg.backbone.name / plan.key
+        # Exclusive while extracting: a second process asking for the same features waits, then reuses them.
+        with locked(cached, exclusive=True):
+            if stored_key(cached) == plan.key:
+                log.info("reusing features %s from %s", plan.key, cached)
+                return load_features(cached, expect_key=plan.key)
+            cache_dir = paths.embedding_cache / cfg.backbone.name / plan.extractor_key
+            return run_extraction(plan, paths.images_dir, cached, cache_dir=cache_dir)
+
+
+def stored_features_without_weights(cfg: Config, rows: pd.DataFrame, error: WeightsUnavailableError) -> FeatureSet:
+    """Features already stored for these exact images and this backbone setting, when its weights are not here.
+
+    The weights file cannot be hashed, so the match is on what the store describes: the backbone's name,
+    pretraining, precision and normalisation, and the exact images (the store's key recomputed over ``rows``).
+
+    Raises:
+        WeightsUnavailableError: ``error``, when no stored features match.
+    """
+    paths = PipelinePaths(cfg)
+    cached = Path(cfg.paths.artifacts) / "cache" / "features" / cfg.backbone.name
+    for folder in [paths.features_dir, *sorted(cached.glob("*"))]:
+        try:
+            meta = read_meta(folder)
+        except ArtifactError:
+            continue
+        same_backbone = all(meta["backbone"].get(name) == getattr(cfg.backbone, name)
+                            for name in ("name", "pretrained", "precision", "normalize"))
+        if same_backbone and feature_key(meta["extractor_key"], rows) == meta["key"]:
+            log.warning("%s; using the stored features %s (weights %s) from %s", error, meta["key"],
+                        meta["weights"]["identity"], folder)
+            return load_features(folder, expect_key=meta["key"])
+    raise error
 
 
 def splits_for(cfg: Config, features: FeatureSet) -> np.ndarray:
@@ -65,9 +107,8 @@ def run_grid(cfg: Config) -> list[dict]:
     return reports
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def hydra_main(raw: DictConfig) -> float:
-    """Hydra entry point; returns the first cell's first-protocol MAP@R so sweepers can optimise it."""
+def job(raw: DictConfig) -> float:
+    """One Hydra job; returns the first cell's first-protocol MAP@R so sweepers can optimise it."""
     try:
         cfg = checked_config(OmegaConf.to_container(raw, resolve=True), check_model=True)  # type: ignore[arg-type]
         reports = run_grid(cfg)
@@ -76,3 +117,9 @@ def hydra_main(raw: DictConfig) -> float:
             raise
         raise SystemExit(f"ris run: {error}") from None
     return reports[0]["protocols"][cfg.eval.protocols[0]]["map_at_r"]
+
+
+def hydra_main(args: list[str]) -> None:
+    """Run `ris run ARGS` as a Hydra app over the working directory's ``conf/`` (read when called, not imported)."""
+    sys.argv = ["ris run", *args]  # Hydra reads its overrides and flags from sys.argv
+    hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(job)()

@@ -29,6 +29,7 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(cwd / "src")}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RIS_CONF_DIR", None)  # the copy's own conf/, read from its working directory
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result

@@ -49,3 +49,41 @@ def test_debug_shows_the_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_stage_help_lists_the_stages(capsys: pytest.CaptureFixture[str]) -> None:
     main(["stage", "--help"])
     assert "download, split, extract, reduce, index, evaluate, report" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["backbone=resnet5"], "'backbone=resnet5': conf/backbone has no resnet5.yaml; did you mean resnet50?"),
+    (["backbone=_shared"], "'backbone=_shared': conf/backbone has no _shared.yaml"),  # shared settings: not a choice
+    (["grid.dimz=3"], "config key 'grid.dimz' does not exist; did you mean 'dims'?"),
+    (["-m", "grid.dims=4,x"], "'grid.dims[0]' is 'x'"),  # every value of a sweep is checked, not only the first
+    (["-m", "backbone=resnet50,vgg1"], "'backbone=vgg1': conf/backbone has no vgg1.yaml; did you mean vgg19"),
+    (["eval.k=0"], "'eval.k' is 0; it must be a positive integer"),
+    (["reduce.dim=abc"], "config key 'reduce.dim' does not exist"),
+])
+def test_bad_run_override_is_one_line_before_hydra_starts(args: list[str], expected: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        main(["run", *args])
+    message = str(caught.value)
+    assert message.startswith("ris run: ") and expected in message and "\n" not in message, message
+    assert "Traceback" not in capfd.readouterr().err
+    assert not (tmp_path / "outputs").exists()  # Hydra never started
+
+
+def test_compose_reads_the_working_directorys_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second clone, a worktree or `dvc exp run --temp` uses its own conf/, not the installed checkout's."""
+    import shutil
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "conf", tmp_path / "conf")
+    config = tmp_path / "conf/config.yaml"
+    config.write_text(config.read_text().replace("dims: [full, 100]", "dims: [full, 77]"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RIS_CONF_DIR")
+    main(["compose", "--out", "params.yaml"])
+    assert "- 77" in (tmp_path / "params.yaml").read_text()
+
+    monkeypatch.chdir(tmp_path / "conf")  # no conf/ here: one line saying where ris looked
+    with pytest.raises(SystemExit, match=r"ris compose: .*conf/conf/config.yaml not found: run ris in a ris checkout"):
+        main(["compose", "--out", "params.yaml"])

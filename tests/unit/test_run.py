@@ -34,7 +34,8 @@ def test_multirun_sweeps_one_cell_per_job_into_one_mlflow_run_per_protocol(tmp_p
     monkeypatch.setattr(ris.run, "run_extraction", counting_extraction)
     main(["run", "-m", "grid.dims=4,8", "grid.indexes=annoy,brute", *_tiny_overrides(images)])
 
-    stores = list((tmp_path / "artifacts/cache/features/test_efficientnet").iterdir())
+    stores = [store for store in (tmp_path / "artifacts/cache/features/test_efficientnet").iterdir()
+              if not store.name.startswith(".")]  # lock files (ris.locks) are hidden
     assert len(stores) == 1 and extractions == [stores[0].name]  # four jobs, one extraction
 
     from mlflow.tracking import MlflowClient
@@ -90,3 +91,30 @@ def test_a_stage_before_its_inputs_exist_is_one_line(tmp_path: Path, monkeypatch
     with pytest.raises(SystemExit) as caught:
         main(["stage", "split", "--params", str(params)])
     assert str(caught.value).startswith("ris stage split: data/caltech101/images.parquet not found: run `dvc repro`")
+
+
+def test_run_reuses_stored_features_when_the_weights_are_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Features cached for these images and this backbone setting need no weights file to be evaluated again."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    images = make_image_tree(tmp_path / "collection", classes=3, per_class=5)
+    torch.manual_seed(3)
+    weights = tmp_path / "test_efficientnet.r160_in1k.safetensors"
+    save_file(timm.create_model("test_efficientnet", pretrained=False).state_dict(), weights)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    overrides = [*_tiny_overrides(images), "backbone.pretrained=true", f"backbone.weights_file={weights}",
+                 "grid.dims=[4]", "grid.indexes=[brute]", "tracking.enabled=false"]
+    main(["run", *overrides])
+    weights.unlink()
+    main(["run", *overrides])
+    job_logs = "".join(log.read_text() for log in (tmp_path / "outputs").glob("*.log"))  # Hydra's job log
+    assert "does not exist; using the stored features" in job_logs
+
+    other_images = [override for override in overrides if not override.startswith("data.source_dir")]
+    (tmp_path / "data").rename(tmp_path / "data-old")  # other images: nothing stored fits, so the weights are needed
+    make_image_tree(tmp_path / "other", classes=3, per_class=4)
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["run", f"data.source_dir={tmp_path / 'other'}", *other_images])

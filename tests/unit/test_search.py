@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_image_tree
+from conftest import TINY_PIPELINE, build_tiny_pipeline
 from PIL import Image
 
 from ris.artifacts import ArtifactError
@@ -16,29 +16,13 @@ from ris.checks import read_params
 from ris.cli import compose_params, main
 from ris.search import command
 from ris.search.searcher import Searcher
-from ris.stages import download, extract, index, reduce, split
-
-TINY = ["backbone.name=test_efficientnet", "backbone.pretrained=false", "backbone.num_workers=0",
-        "backbone.batch_size=8", "data.exclude_classes=[]", "grid.dims=[full,8]", "grid.indexes=[brute,annoy]",
-        "search.dim=8", "search.index=annoy", "indexes.annoy.params.n_trees=10", "tracking.enabled=false"]
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working folder where download, split, extract, reduce and index have run on 3 classes x 6 images."""
     work = tmp_path_factory.mktemp("pipeline")
-    images = make_image_tree(work / "source", classes=3, per_class=6, size=64)
-    params = compose_params([f"data.source_dir={images}", *TINY], out=work / "params.yaml")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(work)
-        cfg = read_params(params)
-        download.run(cfg)
-        split.run(cfg)
-        extract.run(cfg)
-        for dim in (None, 8):
-            reduce.run(cfg, dim)
-            for name in ("brute", "annoy"):
-                index.run(cfg, dim, name)
+    build_tiny_pipeline(work, ["tracking.enabled=false"])
     return work
 
 
@@ -132,7 +116,7 @@ def main_code(argv: list[str]) -> int:
 
 def test_without_a_built_pipeline_it_says_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    compose_params([f"data.source_dir={tmp_path}", *TINY], out=tmp_path / "params.yaml")
+    compose_params([f"data.source_dir={tmp_path}", *TINY_PIPELINE], out=tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     query = _photo(tmp_path, "q.png", lambda: Image.new("RGB", (32, 32), "red"))
     assert command.main([str(query)]) == 2

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ris.artifacts import ArtifactError
 from ris.images import IMAGE_SUFFIXES, ImageReadError, open_image
+from ris.locks import locked
 
 logger = logging.getLogger("ris.data")
 
@@ -94,6 +95,16 @@ def scan_images(root: Path, *, progress: bool = True) -> tuple[pd.DataFrame, lis
     return table, skipped
 
 
+def duplicate_groups(table: pd.DataFrame) -> list[list[str]]:
+    """The paths of files with identical content (same sha256), one sorted group per content, groups sorted.
+
+    Duplicates stay in the collection (each is embedded once); a duplicate in another class, or in the gallery of
+    its own query, changes what retrieval can score, so the data report lists them.
+    """
+    repeated = table[table["sha256"].duplicated(keep=False)]
+    return sorted(sorted(group["path"]) for _, group in repeated.groupby("sha256"))
+
+
 def read_image_table(path: Path) -> pd.DataFrame:
     """The image table the download stage wrote (path, class, sha256, width, height).
 
@@ -104,6 +115,7 @@ def read_image_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise ArtifactError(f"{path} not found: {remedy}")
     try:
-        return pd.read_parquet(path)
+        with locked(path.parent, exclusive=False):  # the collection's lock: never a table being replaced
+            return pd.read_parquet(path)
     except (OSError, ValueError) as error:
         raise ArtifactError(f"{path} is unreadable ({error}): {remedy}") from error

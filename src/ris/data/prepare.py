@@ -19,6 +19,7 @@ from ris.config import DataConfig
 from ris.data.catalog import scan_images
 from ris.data.download import ChecksumError, download_file, extract_archive, is_archive, md5sum
 from ris.errors import UserFacingError
+from ris.locks import locked
 
 logger = logging.getLogger("ris.data")
 
@@ -198,7 +199,8 @@ def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path, progre
 
 
 def _remove_stale_work(out_dir: Path) -> None:
-    """Delete temporary folders that a killed earlier run left behind."""
+    """Delete temporary folders that a killed earlier run left behind (called under the collection's lock, which
+    every prepare holds while its work folder exists, so none of them belongs to a live process)."""
     for stale in out_dir.glob(f"{WORK_PREFIX}*"):
         if stale.is_dir():
             logger.warning("removing %s, left by an interrupted run", stale)
@@ -230,8 +232,27 @@ def prepare_collection(
         ChecksumError: an archive with a known name has the wrong md5.
         DownloadError: the download failed.
     """
-    started = time.perf_counter()
     out_dir = Path(cfg.root) / cfg.name
+    # Exclusive for the whole preparation: other prepares wait, and readers (under the shared lock) never see
+    # the table or the images being replaced.
+    with locked(out_dir, exclusive=True):
+        return _prepare_locked(cfg, out_dir, environ, progress)
+
+
+def ensure_collection(cfg: DataConfig, *, environ: Mapping[str, str] = os.environ, progress: bool = True) -> Path:
+    """The prepared collection's image table, preparing the collection first when there is none.
+
+    However many processes ask at once, one prepares and the others wait and reuse it.
+    """
+    out_dir = Path(cfg.root) / cfg.name
+    with locked(out_dir, exclusive=True):
+        if not (out_dir / "images.parquet").is_file():
+            _prepare_locked(cfg, out_dir, environ, progress)
+    return out_dir / "images.parquet"
+
+
+def _prepare_locked(cfg: DataConfig, out_dir: Path, environ: Mapping[str, str], progress: bool) -> PreparedCollection:
+    started = time.perf_counter()
     images_dir = out_dir / "images"
     table_path = out_dir / "images.parquet"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -76,12 +76,16 @@ def read_splits(split_table: Path, rows: pd.DataFrame) -> np.ndarray:
     """The split of each of ``rows``, from the ``split`` stage's table.
 
     Raises:
-        ArtifactError: the table is missing, or was made for another collection.
+        ArtifactError: the table is missing, damaged, or was made for another collection.
     """
     remedy = "run `dvc repro` (the split stage writes it)"
     if not split_table.is_file():
         raise ArtifactError(f"{split_table} not found: {remedy}")
     try:
-        return splits_for_rows(pd.read_parquet(split_table), rows)
+        table = pd.read_parquet(split_table)
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{split_table} is unreadable ({' '.join(str(error).split())}): {remedy}") from error
+    try:
+        return splits_for_rows(table, rows)
     except KeyError as error:
         raise ArtifactError(f"{split_table} does not cover the features ({error.args[0]}): {remedy}") from error

@@ -34,6 +34,7 @@ from ris.embed.store import (
 )
 from ris.embed.weights import WeightsSource, create_backbone, resolve_weights
 from ris.images import DECODING_VERSION
+from ris.locks import locked
 from ris.paths import atomic_folder
 
 log = logging.getLogger("ris.embed")
@@ -136,8 +137,9 @@ def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cac
     started = time.perf_counter()
     device = "cpu"
     if first_of_hash:
-        unique, device = embed_images(plan, [images_dir / rows["path"].iloc[row] for row in first_of_hash.values()],
-                                      progress=progress)
+        with locked(images_dir.parent, exclusive=False):  # the collection's lock: its images stay while read
+            unique, device = embed_images(plan, [images_dir / rows["path"].iloc[row] for row in first_of_hash.values()],
+                                          progress=progress)
         position = {digest: index for index, digest in enumerate(first_of_hash)}
         embedded = unique[[position[hashes[row]] for row in missing]]
     seconds = time.perf_counter() - started

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ris.artifacts import REBUILD, ArtifactError, read_description
+from ris.locks import locked
 
 EMBEDDINGS_FILE = "embeddings.npy"
 ROWS_FILE = "rows.parquet"
@@ -57,6 +58,11 @@ def load_features(folder: Path, expect_key: str | None = None, remedy: str = REB
     Raises:
         ArtifactError: missing, another format, another key than ``expect_key``, or matrix and table disagree.
     """
+    with locked(folder, exclusive=False):  # never half of one version and half of the next
+        return _load_features(folder, expect_key, remedy)
+
+
+def _load_features(folder: Path, expect_key: str | None, remedy: str) -> FeatureSet:
     meta = read_meta(folder, remedy)
     if expect_key is not None and meta["key"] != expect_key:
         raise ArtifactError(f"{folder / META_FILE} holds features {meta['key']}, expected {expect_key}: {remedy}")

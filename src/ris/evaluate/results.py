@@ -52,3 +52,9 @@ def to_markdown(table: pd.DataFrame, cfg: EvalConfig) -> str:
             shown[spec.title] = [format_value(spec, value) for value in part[spec.key]]
         sections.append(f"{heading}\n\n{shown.to_markdown(index=False)}\n")
     return "\n".join(sections)
+
+
+def stale_metric_files(metrics_root: Path, current: Iterable[Path]) -> list[Path]:
+    """The metric files under ``metrics_root`` that are not ``current`` (cells that left the grid), sorted."""
+    keep = {path.resolve() for path in current}
+    return sorted(path for path in metrics_root.rglob("*.json") if path.resolve() not in keep)

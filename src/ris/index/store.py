@@ -13,6 +13,7 @@ from ris.artifacts import REBUILD, ArtifactError, check_built_from, read_descrip
 from ris.config import IndexConfig
 from ris.index.base import NearestNeighbourIndex, as_float32
 from ris.index.registry import index_family
+from ris.locks import locked
 
 DESCRIPTION_FILE = "index.json"
 FORMAT = "ris.index"
@@ -56,6 +57,11 @@ class IndexStore:
         Raises:
             ArtifactError: the folder is missing, of another format, built from other inputs, or damaged.
         """
+        with locked(folder, exclusive=False):  # never half of one version and half of the next
+            return cls._load(folder, expect, remedy)
+
+    @classmethod
+    def _load(cls, folder: Path, expect: dict[str, Any] | None, remedy: str) -> IndexStore:
         path = folder / DESCRIPTION_FILE
         description = read_description(path, FORMAT, FORMAT_VERSION, remedy)
         check_built_from(path, description, expect, remedy)

@@ -11,6 +11,7 @@ import numpy as np
 from ris.artifacts import REBUILD, ArtifactError, check_built_from, read_description, write_description
 from ris.config import ConfigError, ReduceConfig, dim_label
 from ris.embed.store import FeatureSet
+from ris.locks import locked
 from ris.reduce.pca import FeatureReducer, fit_reducer
 
 VECTORS_FILE = "vectors.npy"
@@ -68,6 +69,11 @@ class ReducedStore:
         Raises:
             ArtifactError: missing, another format, built from other features than ``expect``, or damaged.
         """
+        with locked(folder, exclusive=False):  # never half of one version and half of the next
+            return cls._load(folder, expect, vectors, remedy)
+
+    @classmethod
+    def _load(cls, folder: Path, expect: dict[str, Any] | None, vectors: bool, remedy: str) -> ReducedStore:
         path = folder / DESCRIPTION_FILE
         description = read_description(path, FORMAT, FORMAT_VERSION, remedy)
         check_built_from(path, description, expect, remedy)

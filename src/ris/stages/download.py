@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ris.config import Config
+from ris.data.catalog import duplicate_groups
 from ris.data.prepare import prepare_collection
 from ris.embed.models import check_backbone_name
 from ris.embed.weights import resolve_weights
@@ -13,7 +14,7 @@ from ris.stages._common import load_stage_config, parse_stage_args, stage_main, 
 
 
 def run(cfg: Config) -> dict:
-    """Prepare the collection and report what was kept and what was skipped (and why).
+    """Prepare the collection and report what was kept, what was skipped (and why) and which files are identical.
 
     The backbone's weights are resolved first: a pipeline that cannot extract fails before downloading anything.
     """
@@ -23,8 +24,10 @@ def run(cfg: Config) -> dict:
     with timed("download"):
         prepared = prepare_collection(cfg.data)
     table = prepared.table
+    duplicates = duplicate_groups(table)
     report = {"source": prepared.source, "images": len(table), "classes": int(table["class"].nunique()),
-              "skipped": len(prepared.skipped), "skipped_files": prepared.skipped}
+              "skipped": len(prepared.skipped), "skipped_files": prepared.skipped,
+              "duplicate_groups": len(duplicates), "duplicate_files": duplicates}
     write_json_atomic(paths.data_report, report)
     return report
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import urllib.parse
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from ris.config import TrackingConfig
+from ris.locks import locked
 
 log = logging.getLogger("ris.tracking")
 
@@ -42,6 +45,15 @@ def git_commit(cwd: Path | None = None) -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+def local_store(uri: str) -> Path | None:
+    """The file or folder of a local MLflow store (``sqlite:///x.db``, ``file:...`` or a plain path), else None."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file:"):
+        return Path(urllib.parse.urlsplit(uri).path)
+    return None if "://" in uri else Path(uri)
+
+
 def log_run(tracking: TrackingConfig, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
                     tags: Mapping[str, str], artifacts: list[Path] | None = None) -> str | None:
     """Log one run and return its id (None when tracking is disabled)."""
@@ -49,13 +61,22 @@ def log_run(tracking: TrackingConfig, run_name: str, params: Mapping[str, Any], 
         return None
     import mlflow  # imported here: it is slow to import and only this stage needs it
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri)
-    mlflow.set_experiment(tracking.experiment)
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
-        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-        mlflow.set_tags(dict(tags))
-        for artifact in artifacts or []:
-            mlflow.log_artifact(str(artifact))
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
+    store = local_store(uri)
+    if uri.startswith("sqlite:///") and store is not None:
+        # Absolute: MLflow caches one store per URI string, so a relative one would keep pointing at the database
+        # of whichever working directory used it first in this process.
+        uri = f"sqlite:///{store.resolve()}"
+    # One writer at a time on a local store: MLflow's first-use database setup (an alembic migration) and
+    # experiment creation race when several processes log at once.
+    with locked(store, exclusive=True) if store is not None else nullcontext():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(tracking.experiment)
+        with mlflow.start_run(run_name=run_name) as run:
+            mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
+            mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+            mlflow.set_tags(dict(tags))
+            for artifact in artifacts or []:
+                mlflow.log_artifact(str(artifact))
     log.info("logged MLflow run %s (%s) to %s", run.info.run_id, run_name, mlflow.get_tracking_uri())
     return run.info.run_id
