@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e
 # A tiny timm model with random weights, small latency samples: the real code path in seconds.
 TINY_OVERRIDES = ["data.exclude_classes=[class_03]", "backbone.name=test_efficientnet", "backbone.pretrained=false",
                   "backbone.num_workers=0", "backbone.batch_size=8", "eval.latency.queries=50",
-                  "eval.latency.warmup=5", "indexes.annoy.params.n_trees=5"]
+                  "eval.latency.warmup=5", "indexes.annoy.params.n_trees=5",
+                  "grid.indexes=[brute,annoy]"]  # the pipeline's mechanics; every family is tested in test_index
 
 
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -30,11 +30,14 @@ def test_default_composition_validates() -> None:
     """The committed conf/ composes into a valid, typed configuration."""
     cfg = checked_config(_compose([]))
     assert isinstance(cfg, Config)
-    assert set(cfg.indexes) == {"brute", "annoy"} and cfg.indexes["annoy"].family == "annoy"
-    assert cfg.indexes["brute"].params == {"block_size": 1024}
-    assert cfg.grid.dims == ["full", 100] and cfg.grid.indexes == ["brute", "annoy"]
+    assert set(cfg.indexes) == {"brute", "annoy", "hnsw", "ivf", "ivfpq", "kd_tree", "ball_tree"}
+    assert cfg.indexes["annoy"].family == "annoy"
+    assert cfg.indexes["ivf"].family == cfg.indexes["ivfpq"].family == "faiss"
+    assert cfg.indexes["brute"].params == {}
+    assert cfg.grid.dims == ["full", 100] and cfg.grid.indexes == ["brute", "annoy", "hnsw", "ivf", "ivfpq", "kd_tree",
+                                                                   "ball_tree"]
     assert cfg.eval.protocols == ["book", "heldout"] and cfg.eval.recall_ks == [1, 5, 10]
-    assert (cfg.search.dim, cfg.search.index) == (100, "annoy")
+    assert (cfg.search.dim, cfg.search.index) == (100, "hnsw")
     assert cfg.data.split.train + cfg.data.split.val + cfg.data.split.test == pytest.approx(1.0)
     assert cfg.eval.latency.queries > 0
 
@@ -66,14 +69,14 @@ def test_valid_overrides(overrides: list[str]) -> None:
 @pytest.mark.parametrize("overrides, key, allowed", [
     (["+reduce.dimm=3"], "reduce.dimm", None),
     (["indexes.annoy.metric=cosine"], "indexes.annoy.metric", "euclidean, angular"),
-    (["indexes.annoy.family=faiss"], "indexes.annoy.family", "annoy, brute"),
+    (["indexes.annoy.family=milvus"], "indexes.annoy.family", "annoy, brute, faiss, hnsw, kd_tree, ball_tree"),
     (["reduce.method=lda"], "reduce.method", "pca"),
     (["grid.dims=0"], "grid.dims[0]", "full"),
     (["grid.dims=abc"], "grid.dims[0]", "full"),
     (["grid.dims=[full,-4]"], "grid.dims[1]", "full"),
-    (["grid.indexes=[faiss]"], "grid.indexes[0]", "brute, annoy"),
+    (["grid.indexes=[faiss]"], "grid.indexes[0]", "brute, annoy, hnsw, ivf, ivfpq, kd_tree, ball_tree"),
     (["search.dim=0"], "search.dim", "full"),
-    (["search.index=faiss"], "search.index", "brute, annoy"),
+    (["search.index=faiss"], "search.index", "brute, annoy, hnsw"),
     (["eval.protocols=[nope]"], "eval.protocols[0]", "book, heldout"),
     (["eval.k=0"], "eval.k", None),
     (["eval.k=abc"], "eval.k", None),
@@ -81,7 +84,8 @@ def test_valid_overrides(overrides: list[str]) -> None:
     (["data.split.test=0"], "data.split.train' and 'data.split.test", None),
     (["data.split.train=0.7"], "data.split.train/val/test", None),
     (["+indexes.annoy.params.n_trees2=3"], "indexes.annoy.params.n_trees2", "n_trees, search_k, seed, build_threads"),
-    (["+indexes.brute.params.n_trees=3"], "indexes.brute.params.n_trees", "block_size"),
+    (["+indexes.brute.params.n_trees=3"], "indexes.brute.params.n_trees", "none"),
+    (["+indexes.hnsw.params.ef_search=3"], "indexes.hnsw.params.ef_search", "M, ef_construction, ef, seed"),
 ])
 def test_bad_values_rejected(overrides: list[str], key: str, allowed: str | None) -> None:
     """A bad key or value is a ConfigError naming the key, and the allowed values where they are a fixed set."""

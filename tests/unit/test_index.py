@@ -11,7 +11,16 @@ import pytest
 from ris.artifacts import ArtifactError
 from ris.config import IndexConfig
 from ris.evaluate.metrics import recall_against_exact
-from ris.index import INDEX_FAMILIES, AnnoyIndex, BruteForceIndex, IndexStore, index_family
+from ris.index import (
+    INDEX_FAMILIES,
+    AnnoyIndex,
+    BallTreeIndex,
+    BruteForceIndex,
+    HnswIndex,
+    IndexStore,
+    KDTreeIndex,
+    index_family,
+)
 from ris.index.base import NearestNeighbourIndex
 from ris.index.registry import UnknownSettingError
 
@@ -40,18 +49,25 @@ def _naive(gallery: np.ndarray, queries: np.ndarray, metric: str) -> tuple[np.nd
     return order, np.take_along_axis(full, order, axis=1)
 
 
+EXACT_FAMILIES = ["brute", "kd_tree", "ball_tree"]
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "angular"])
-@pytest.mark.parametrize("block_size", [1024, 7])
-def test_brute_equals_naive_argsort(metric: str, block_size: int) -> None:
-    """Exact search returns the numpy argsort of the full distance matrix (one block and many blocks)."""
+@pytest.mark.parametrize("family", EXACT_FAMILIES)
+def test_exact_families_equal_naive_argsort(metric: str, family: str) -> None:
+    """Exact search returns the numpy argsort of the full distance matrix, for many queries and for one."""
     gallery, queries = _gaussian(120, seed=1), _gaussian(30, seed=2)
     k = 10
     expected_ids, expected_distances = _naive(gallery, queries, metric)
     # Precondition on the data: gaps among the first k + 1 far above float32 rounding (~1e-6), so the order is unique.
     assert np.diff(expected_distances[:, :k + 1], axis=1).min() > 2e-5
 
-    ids, distances = BruteForceIndex.build(gallery, metric, block_size=block_size).search(queries, k)
+    index = index_family(family).build(gallery, metric)
+    ids, distances = index.search(queries, k)
+    one_ids, one_distances = index.search(queries[7], k)  # the single-query path a search service takes
 
+    np.testing.assert_array_equal(one_ids[0], ids[7])
+    np.testing.assert_allclose(one_distances[0], distances[7], rtol=1e-5, atol=1e-5)
     assert ids.shape == distances.shape == (30, k)
     assert ids.dtype == np.int64 and distances.dtype == np.float32
     np.testing.assert_array_equal(ids, expected_ids[:, :k])
@@ -89,7 +105,7 @@ def test_angular_ignores_vector_length() -> None:
     assert distances.max() <= 2.0 + 1e-5  # chord length between unit vectors
 
 
-@pytest.mark.parametrize("cls", [BruteForceIndex, AnnoyIndex])
+@pytest.mark.parametrize("cls", [BruteForceIndex, AnnoyIndex, HnswIndex, KDTreeIndex, BallTreeIndex])
 def test_k_larger_than_gallery_pads(cls: type[NearestNeighbourIndex]) -> None:
     """Asking for more neighbours than exist fills the tail with id -1 and distance inf."""
     gallery = _gaussian(5, seed=9)
@@ -103,7 +119,7 @@ def test_k_larger_than_gallery_pads(cls: type[NearestNeighbourIndex]) -> None:
     assert np.all(np.isfinite(distances[:, :5]))
 
 
-@pytest.mark.parametrize("cls", [BruteForceIndex, AnnoyIndex])
+@pytest.mark.parametrize("cls", [BruteForceIndex, AnnoyIndex, HnswIndex, KDTreeIndex, BallTreeIndex])
 def test_incremental_add_continues_ids(cls: type[NearestNeighbourIndex]) -> None:
     """Vectors added later get ids after the earlier ones, as if added in one call."""
     gallery = _gaussian(50, seed=10)
@@ -128,8 +144,12 @@ def test_brute_add_after_load_continues_ids(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ids[:, 0], [5, 25])
 
 
-@pytest.mark.parametrize("family, params", [("brute", {"block_size": 16}),
-                                            ("annoy", {"n_trees": 5, "search_k": 200, "seed": 3})])
+@pytest.mark.parametrize("family, params", [("brute", {}),
+                                            ("annoy", {"n_trees": 5, "search_k": 200, "seed": 3}),
+                                            ("hnsw", {"M": 8, "ef_construction": 50, "ef": 20}),
+                                            ("faiss", {"factory": "IVF4,Flat", "nprobe": 2}),
+                                            ("faiss", {"factory": "HNSW8", "ef_search": 16}),
+                                            ("kd_tree", {"leaf_size": 5}), ("ball_tree", {})])
 @pytest.mark.parametrize("metric", ["euclidean", "angular"])
 def test_store_round_trip(tmp_path: Path, family: str, params: dict, metric: str) -> None:
     """Results after :meth:`IndexStore.load` equal those before; the description names family, metric, settings,
@@ -183,9 +203,21 @@ def test_registry() -> None:
     """Every family is registered under its name; an unknown name is a KeyError listing the known ones."""
     assert index_family("brute") is BruteForceIndex
     assert index_family("annoy") is AnnoyIndex
-    assert set(INDEX_FAMILIES) == {"brute", "annoy"}
-    with pytest.raises(KeyError, match="annoy, brute"):
-        index_family("faiss")
+    assert set(INDEX_FAMILIES) == {"brute", "annoy", "hnsw", "faiss", "kd_tree", "ball_tree"}
+    with pytest.raises(KeyError, match="annoy, brute, faiss, hnsw, kd_tree, ball_tree"):
+        index_family("milvus")
+
+
+@pytest.mark.parametrize("family, params", [("hnsw", {}), ("faiss", {"factory": "IVF16,Flat", "nprobe": 4}),
+                                            ("faiss", {"factory": "HNSW16"}), ("annoy", {"n_trees": 20})])
+def test_approximate_families_find_most_exact_neighbours(family: str, params: dict) -> None:
+    """On clustered data each approximate family returns at least 90 % of exact search's top 10."""
+    gallery, queries = _clustered(2000, seed=21), _clustered(100, seed=22)
+    exact, _ = BruteForceIndex.build(gallery).search(queries, 10)
+    found, distances = index_family(family).build(gallery, **params).search(queries, 10)
+    assert recall_against_exact(found, exact) >= 0.9
+    true_distances = np.linalg.norm(gallery[found] - queries[:, None, :], axis=2)
+    np.testing.assert_allclose(distances, true_distances, rtol=1e-3, atol=1e-3)  # real distances, not squared
 
 
 def test_annoy_recall_on_clustered_data() -> None:

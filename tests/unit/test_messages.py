@@ -15,7 +15,7 @@ from ris.config import ConfigError
     ("backbone.name=resnet5", "'backbone.name' is 'resnet5', which is not a timm model; did you mean resnet50"),
     ("grid.dims=[full,-5]", "'grid.dims[1]' is -5; allowed values: a positive integer or 'full'"),
     ("grid.dims=[full,0]", "'grid.dims[1]' is 0; allowed values"),
-    ("grid.indexes=[nope]", "'grid.indexes[0]' is 'nope'; allowed values: brute, annoy"),
+    ("grid.indexes=[nope]", "'grid.indexes[0]' is 'nope'; allowed values: brute, annoy, hnsw"),
     ("eval.k=0", "'eval.k' is 0; it must be a positive integer"),
     ("backbone.batch_size=0", "'backbone.batch_size' is 0; it must be a positive integer"),
     ("+backbone.nmae=x", "'backbone.nmae' does not exist; did you mean 'name'"),

@@ -6,7 +6,11 @@ from __future__ import annotations
 from ris.index.annoy_index import AnnoyIndex
 from ris.index.base import NearestNeighbourIndex
 from ris.index.brute import BruteForceIndex
+from ris.index.faiss_index import FaissIndex
+from ris.index.hnsw import HnswIndex
 from ris.index.registry import INDEX_FAMILIES, index_family
+from ris.index.sklearn_trees import BallTreeIndex, KDTreeIndex
 from ris.index.store import IndexStore
 
-__all__ = ["INDEX_FAMILIES", "AnnoyIndex", "BruteForceIndex", "IndexStore", "NearestNeighbourIndex", "index_family"]
+__all__ = ["INDEX_FAMILIES", "AnnoyIndex", "BallTreeIndex", "BruteForceIndex", "FaissIndex", "HnswIndex", "IndexStore",
+           "KDTreeIndex", "NearestNeighbourIndex", "index_family"]
