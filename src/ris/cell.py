@@ -14,14 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from ris.config import Config, ConfigError, IndexConfig, dim_label, parse_dim
+from ris.config import AUTO_DIM, Config, ConfigError, Dim, IndexConfig, dim_label, parse_dim
 from ris.embed.store import FeatureSet
 from ris.evaluate.declarations import cell_metrics
 from ris.evaluate.evaluation import evaluate_queries
 from ris.evaluate.latency import measure_latency
 from ris.evaluate.protocols import PROTOCOLS
 from ris.index.store import IndexStore
+from ris.paths import PipelinePaths
 from ris.reduce import ReducedStore
+from ris.reduce.choice import read_chosen_dim
 from ris.tracking import flatten, git_commit, log_run
 
 
@@ -30,7 +32,7 @@ class Cell:
     """What one cell evaluates: ``index_name`` is a key of the ``indexes`` catalogue, ``index`` its settings."""
 
     backbone: str
-    dim: int | None
+    dim: Dim  # a number, None (full) or "auto"
     index_name: str
     index: IndexConfig
 
@@ -53,7 +55,7 @@ class CellResult:
                 "family": self.cell.index.family, "protocols": self.protocols, "cell": self.cell_metrics}
 
 
-def grid_cell(cfg: Config, dim: str | int | None, index_name: str) -> Cell:
+def grid_cell(cfg: Config, dim: Dim, index_name: str) -> Cell:
     """The cell ``(dim, index_name)``: settings from ``indexes.<index_name>``."""
     if index_name not in cfg.indexes:
         raise ConfigError(f"index {index_name!r} is not a key of 'indexes'; known: {', '.join(cfg.indexes)}")
@@ -108,7 +110,11 @@ def track_cell(cfg: Config, result: CellResult, *, source: str, features_key: st
 
 def run_cell(cfg: Config, cell: Cell, features: FeatureSet, splits: np.ndarray) -> CellResult:
     """Reduce, index and evaluate ``cell`` in memory (the index is saved to a scratch folder to measure its size)."""
-    reduced = ReducedStore.fit(features, cell.dim, cfg.reduce, splits)
+    target = cell.dim
+    if target == AUTO_DIM:  # the dimension the pca_sweep stage chose for these very features
+        target = read_chosen_dim(PipelinePaths(cfg).pca_choice, features.key)
+    assert not isinstance(target, str)
+    reduced = ReducedStore.fit(features, target, cfg.reduce, splits, label=dim_label(cell.dim))
     index = IndexStore.build(reduced.vectors, cell.index, {**reduced.built_from, "index": cell.index_name})
     with tempfile.TemporaryDirectory(prefix="ris-index-") as scratch:
         index.save(Path(scratch))

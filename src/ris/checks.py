@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from ris.config import Config, ConfigError, load_config, read_config_file
 from ris.embed.models import check_backbone_name
+from ris.evaluate.declarations import protocol_metrics
 from ris.evaluate.protocols import PROTOCOLS
 from ris.index.registry import INDEX_FAMILIES, UnknownSettingError
 
@@ -53,10 +54,17 @@ def check_registries(cfg: Config) -> Config:
         except UnknownSettingError as error:
             raise ConfigError(f"config key '{key}.params.{error.setting}' is not a setting of '{index.family}'; "
                               f"allowed: {', '.join(error.allowed) or 'none'}") from error
+    ratios = [spec.key for spec in protocol_metrics(cfg.eval) if spec.unit == "ratio"]
+    if cfg.reduce.sweep.choose_metric not in ratios:
+        raise ConfigError(f"config key 'reduce.sweep.choose_metric' is {cfg.reduce.sweep.choose_metric!r}; "
+                          f"allowed values: {', '.join(ratios)}")
     for position, protocol in enumerate(cfg.eval.protocols):
         if protocol not in PROTOCOLS:
             raise ConfigError(f"config key 'eval.protocols[{position}]' is {protocol!r}; "
                               f"allowed values: {', '.join(PROTOCOLS)}")
+    if cfg.reduce.sweep.choose_protocol not in cfg.eval.protocols:
+        raise ConfigError(f"config key 'reduce.sweep.choose_protocol' is {cfg.reduce.sweep.choose_protocol!r}; "
+                          f"allowed values (eval.protocols): {', '.join(cfg.eval.protocols)}")
     return cfg
 
 

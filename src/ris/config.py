@@ -22,7 +22,11 @@ from omegaconf.errors import OmegaConfBaseException
 from ris.errors import UserFacingError
 
 FULL_DIM = "full"
-"""Value of ``reduce.dim`` that keeps the backbone's full embedding."""
+"""The dimension that keeps the backbone's full embedding."""
+AUTO_DIM = "auto"
+"""The dimension the ``pca_sweep`` stage chooses by ``reduce.sweep``'s rule (read from its ``choice.json``)."""
+Dim = int | str | None
+"""A dimension of the grid: a number, None for ``full``, or :data:`AUTO_DIM`."""
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -74,11 +78,29 @@ class BackboneConfig:
 
 
 @dataclass
+class PcaSweepConfig:
+    """The PCA sweep: exact-search accuracy and latency at every dimension, plain, whitened and renormalised.
+
+    The rule: the smallest dimension whose ``choose_metric`` under ``choose_protocol`` (with the pipeline's own
+    ``reduce.whiten`` / ``reduce.renormalize``) is within ``within_points`` percentage points of the best one.
+    """
+
+    dims: list[Any] = field(default_factory=lambda: [8, 16, 32, 64, 100, 128, 256, 512, FULL_DIM])
+    whiten: list[bool] = field(default_factory=lambda: [False, True])
+    renormalize: list[bool] = field(default_factory=lambda: [False, True])
+    choose_metric: str = "map_at_r"
+    choose_protocol: str = "heldout"
+    within_points: float = 0.5
+
+
+@dataclass
 class ReduceConfig:
-    """How embeddings are reduced to each of ``grid.dims`` (``full`` always keeps them as they are)."""
+    """How embeddings are reduced to each of ``grid.dims`` (``full`` keeps them, renormalised if asked)."""
 
     method: str = "pca"
     whiten: bool = False
+    renormalize: bool = False  # L2-normalise again after PCA
+    sweep: PcaSweepConfig = field(default_factory=PcaSweepConfig)
 
 
 @dataclass
@@ -233,22 +255,26 @@ def _at_least_zero(key: str, value: int) -> None:
         raise ConfigError(f"config key '{key}' is {value!r}; it must be 0 or more")
 
 
-def parse_dim(text: str, key: str = "--dim") -> int | None:
-    """A dimension given on a command line (``"full"`` or an integer), checked."""
-    return check_dim(key, text if text == FULL_DIM else int(text) if text.isdigit() else text)
+def parse_dim(text: str, key: str = "--dim") -> Dim:
+    """A dimension given on a command line (``"full"``, ``"auto"`` or an integer), checked."""
+    return check_dim(key, int(text) if text.isdigit() else text)
 
 
-def check_dim(key: str, dim: Any) -> int | None:
-    """Return the target dimension (None for full), or raise naming ``key``."""
+def check_dim(key: str, dim: Any, *, allow_auto: bool = True) -> Dim:
+    """Return the target dimension (None for full, ``"auto"`` as is), or raise naming ``key``."""
     if dim == FULL_DIM or dim is None:
         return None
+    if dim == AUTO_DIM and allow_auto:
+        return AUTO_DIM
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ConfigError(f"config key '{key}' is {dim!r}; allowed values: a positive integer or '{FULL_DIM}'")
+        auto = f", '{AUTO_DIM}' (the PCA sweep's choice)" if allow_auto else ""
+        raise ConfigError(f"config key '{key}' is {dim!r}; allowed values: a positive integer, '{FULL_DIM}'{auto}")
     return dim
 
 
-def dim_label(dim: int | None) -> str:
-    """``100`` -> ``"100"``, ``None`` (full) -> ``"full"``: how a dimension is named in paths, tags and tables."""
+def dim_label(dim: Dim) -> str:
+    """``100`` -> ``"100"``, ``None`` (full) -> ``"full"``, ``"auto"`` -> ``"auto"``: how a dimension is named in
+    paths, tags and tables."""
     return FULL_DIM if dim is None else str(dim)
 
 
@@ -275,6 +301,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'grid.indexes' is empty; name at least one key of 'indexes'")
     for position, dim in enumerate(cfg.grid.dims):
         check_dim(f"grid.dims[{position}]", dim)
+    sweep = cfg.reduce.sweep
+    if not sweep.dims or not sweep.whiten or not sweep.renormalize:
+        raise ConfigError("config keys 'reduce.sweep.dims', '.whiten' and '.renormalize' each need a value")
+    for position, dim in enumerate(sweep.dims):
+        check_dim(f"reduce.sweep.dims[{position}]", dim, allow_auto=False)
+    if sweep.within_points < 0:
+        raise ConfigError(f"config key 'reduce.sweep.within_points' is {sweep.within_points}; it must be >= 0")
     for position, name in enumerate(cfg.grid.indexes):
         _choice(f"grid.indexes[{position}]", name, tuple(cfg.indexes))
     # search.dim and search.index need not be in the grid here (a sweep may change it); the searcher says when

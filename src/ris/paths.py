@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ris.config import Config, ConfigError, dim_label
+from ris.config import Config, ConfigError, Dim, dim_label
 from ris.locks import locked
 
 CONF_DIR_ENV = "RIS_CONF_DIR"
@@ -65,10 +65,10 @@ class PipelinePaths:
         """Embeddings by image content hash, per backbone and extractor (not a DVC output: it outlives re-runs)."""
         return Path(self.cfg.paths.artifacts) / "cache" / "embeddings"
 
-    def reduced_dir(self, dim: int | None) -> Path:
+    def reduced_dir(self, dim: Dim) -> Path:
         return Path(self.cfg.paths.artifacts) / "reduced" / self.cfg.backbone.name / dim_label(dim)
 
-    def index_dir(self, dim: int | None, index: str) -> Path:
+    def index_dir(self, dim: Dim, index: str) -> Path:
         return Path(self.cfg.paths.artifacts) / "indexes" / self.cfg.backbone.name / dim_label(dim) / index
 
     @property
@@ -87,7 +87,23 @@ class PipelinePaths:
     def extract_report(self) -> Path:
         return self.reports_dir / "extract" / f"{self.cfg.backbone.name}.json"
 
-    def metrics_file(self, dim: int | None, index: str) -> Path:
+    @property
+    def pca_dir(self) -> Path:
+        return self.reports_dir / "pca" / self.cfg.backbone.name
+
+    @property
+    def pca_sweep_table(self) -> Path:
+        return self.pca_dir / "sweep.csv"
+
+    @property
+    def pca_choice(self) -> Path:
+        return self.pca_dir / "choice.json"
+
+    @property
+    def pca_plots(self) -> Path:
+        return self.pca_dir / "plots"
+
+    def metrics_file(self, dim: Dim, index: str) -> Path:
         return self.reports_dir / "metrics" / self.cfg.backbone.name / f"{dim_label(dim)}-{index}.json"
 
 

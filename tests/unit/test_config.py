@@ -34,10 +34,10 @@ def test_default_composition_validates() -> None:
     assert cfg.indexes["annoy"].family == "annoy"
     assert cfg.indexes["ivf"].family == cfg.indexes["ivfpq"].family == "faiss"
     assert cfg.indexes["brute"].params == {}
-    assert cfg.grid.dims == ["full", 100] and cfg.grid.indexes == ["brute", "annoy", "hnsw", "ivf", "ivfpq", "kd_tree",
+    assert cfg.grid.dims == ["full", "auto"] and cfg.grid.indexes == ["brute", "annoy", "hnsw", "ivf", "ivfpq", "kd_tree",
                                                                    "ball_tree"]
     assert cfg.eval.protocols == ["book", "heldout"] and cfg.eval.recall_ks == [1, 5, 10]
-    assert (cfg.search.dim, cfg.search.index) == (100, "hnsw")
+    assert (cfg.search.dim, cfg.search.index) == ("auto", "hnsw")
     assert cfg.data.split.train + cfg.data.split.val + cfg.data.split.test == pytest.approx(1.0)
     assert cfg.eval.latency.queries > 0
 
@@ -134,7 +134,7 @@ def test_check_dim_accepts(dim: Any, expected: int | None) -> None:
 @pytest.mark.parametrize("dim", [0, -3, True, "abc", 2.5, "100"])
 def test_check_dim_rejects(dim: Any) -> None:
     """Anything but a positive int or 'full' is rejected, naming the key it came from."""
-    with pytest.raises(ConfigError, match=r"'grid\.dims\[2\]'.*positive integer or 'full'"):
+    with pytest.raises(ConfigError, match=r"'grid\.dims\[2\]'.*positive integer, 'full'"):
         check_dim("grid.dims[2]", dim)
 
 

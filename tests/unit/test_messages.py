@@ -13,7 +13,7 @@ from ris.config import ConfigError
 
 @pytest.mark.parametrize("override, expected", [
     ("backbone.name=resnet5", "'backbone.name' is 'resnet5', which is not a timm model; did you mean resnet50"),
-    ("grid.dims=[full,-5]", "'grid.dims[1]' is -5; allowed values: a positive integer or 'full'"),
+    ("grid.dims=[full,-5]", "'grid.dims[1]' is -5; allowed values: a positive integer, 'full', 'auto'"),
     ("grid.dims=[full,0]", "'grid.dims[1]' is 0; allowed values"),
     ("grid.indexes=[nope]", "'grid.indexes[0]' is 'nope'; allowed values: brute, annoy, hnsw"),
     ("eval.k=0", "'eval.k' is 0; it must be a positive integer"),
@@ -48,7 +48,7 @@ def test_debug_shows_the_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_stage_help_lists_the_stages(capsys: pytest.CaptureFixture[str]) -> None:
     main(["stage", "--help"])
-    assert "download, split, extract, reduce, index, evaluate, report" in capsys.readouterr().out
+    assert "download, split, extract, pca_sweep, reduce, index, evaluate, report" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -78,7 +78,7 @@ def test_compose_reads_the_working_directorys_conf(tmp_path: Path, monkeypatch: 
 
     shutil.copytree(Path(__file__).resolve().parents[2] / "conf", tmp_path / "conf")
     config = tmp_path / "conf/config.yaml"
-    config.write_text(config.read_text().replace("dims: [full, 100]", "dims: [full, 77]"))
+    config.write_text(config.read_text().replace("dims: [full, auto]", "dims: [full, 77]"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RIS_CONF_DIR")
     main(["compose", "--out", "params.yaml"])

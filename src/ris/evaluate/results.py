@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ris.artifacts import ArtifactError
-from ris.config import EvalConfig
+from ris.config import AUTO_DIM, EvalConfig
 from ris.evaluate.declarations import cell_metrics, format_value, protocol_metrics
 from ris.evaluate.protocols import PROTOCOLS
 
@@ -48,6 +48,9 @@ def to_markdown(table: pd.DataFrame, cfg: EvalConfig) -> str:
         heading = (f"### Protocol `{protocol}`: {PROTOCOLS[protocol].about} "
                    f"({int(first['queries']):,} queries, gallery of {int(first['gallery_size']):,})")
         shown = part[["backbone", "dim", "index"]].copy()
+        # "auto" (the PCA sweep's choice) shows the dimension it stood for.
+        shown["dim"] = [f"{label} ({int(width)})" if label == AUTO_DIM else label
+                        for label, width in zip(part["dim"], part["vector_dim"], strict=True)]
         for spec in shown_specs:
             shown[spec.title] = [format_value(spec, value) for value in part[spec.key]]
         sections.append(f"{heading}\n\n{shown.to_markdown(index=False)}\n")

@@ -17,7 +17,7 @@ from ris.reduce.pca import FeatureReducer, fit_reducer
 VECTORS_FILE = "vectors.npy"
 DESCRIPTION_FILE = "reduced.json"
 FORMAT = "ris.reduced"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: renormalize, and the component variances
 
 
 @dataclass
@@ -31,7 +31,8 @@ class ReducedStore:
     fitted_rows: int | None = None  # how many (train and val) rows the reducer was fitted on
 
     @classmethod
-    def fit(cls, features: FeatureSet, dim: int | None, cfg: ReduceConfig, splits: np.ndarray) -> ReducedStore:
+    def fit(cls, features: FeatureSet, dim: int | None, cfg: ReduceConfig, splits: np.ndarray,
+            label: str | None = None) -> ReducedStore:
         """Fit the configured reduction to ``dim`` on the collection's train and val embeddings, and reduce all.
 
         The test images of the split never shape the projection, so the ``heldout`` protocol's queries are unseen
@@ -42,11 +43,13 @@ class ReducedStore:
         """
         fit_rows = np.flatnonzero(splits != "test")
         try:
-            reducer = fit_reducer(features.embeddings[fit_rows], dim, method=cfg.method, whiten=cfg.whiten)
+            reducer = fit_reducer(features.embeddings[fit_rows], dim, method=cfg.method, whiten=cfg.whiten,
+                                  renormalize=cfg.renormalize)
         except ValueError as error:
             raise ConfigError(f"config key 'grid.dims' holds {dim}: {error}") from error
+        # The grid's name for the dimension: ``auto`` stays ``auto`` whatever the sweep chose.
         built_from = {"backbone": features.meta["backbone"]["name"], "features_key": features.key,
-                      "dim": dim_label(dim)}
+                      "dim": label or dim_label(dim)}
         return cls(reducer, reducer.transform(features.embeddings), built_from, fitted_rows=len(fit_rows))
 
     def save(self, folder: Path) -> None:
@@ -56,7 +59,8 @@ class ReducedStore:
         np.save(folder / VECTORS_FILE, np.ascontiguousarray(self.vectors, dtype=np.float32))
         write_description(folder / DESCRIPTION_FILE, FORMAT, FORMAT_VERSION, {
             "method": self.reducer.method, "input_dim": self.reducer.input_dim,
-            "output_dim": self.reducer.output_dim, "whiten": self.reducer.scale is not None,
+            "output_dim": self.reducer.output_dim, "whiten": self.reducer.whiten,
+            "renormalize": self.reducer.renormalize,
             "explained_variance": self.reducer.explained_variance, "rows": int(len(self.vectors)),
             "fitted_on": "train+val", "fitted_rows": self.fitted_rows,
             "built_from": self.built_from})

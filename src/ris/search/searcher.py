@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ris.artifacts import ArtifactError
-from ris.config import Config, check_dim, dim_label, parse_dim
+from ris.config import AUTO_DIM, Config, check_dim, dim_label, parse_dim
 from ris.embed.lightning import EmbeddingModule
 from ris.embed.store import load_features
 from ris.embed.weights import create_backbone, resolve_weights
@@ -79,8 +79,8 @@ class Searcher:
 
     @classmethod
     def from_pipeline(cls, cfg: Config, dim: int | str | None = None, index_name: str | None = None) -> Searcher:
-        """Load the searcher of one built grid cell: ``dim`` (an integer or ``"full"``) and ``index_name`` (a key of
-        ``indexes``), by default ``search.dim`` and ``search.index``.
+        """Load the searcher of one built grid cell: ``dim`` (an integer, ``"full"`` or ``"auto"``) and ``index_name``
+        (a key of ``indexes``), by default ``search.dim`` and ``search.index``.
 
         The model loads once; the index is memory-mapped. Every store is checked against the feature store it
         must come from, and the weights ``cfg.backbone`` resolves to against those the features were made with.
@@ -111,7 +111,10 @@ class Searcher:
                                 f"{source.identity}: give the same weights, or run `dvc repro` to re-embed")
         embedder = ImageEmbedder(create_backbone(source), meta["preprocessing"], meta["backbone"]["normalize"])
         rows = features.rows
-        description = f"{meta['model']} / {dim_label(dim_value)} / {index_name}"
+        label = dim_label(dim_value)
+        if dim_value == AUTO_DIM:  # say what the sweep chose
+            label = f"{label} = {reduced.reducer.output_dim}"
+        description = f"{meta['model']} / {label} / {index_name}"
         return cls(embedder, reduced.reducer, index.index, rows, paths.images_dir, description)
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
