@@ -30,11 +30,11 @@ def test_default_composition_validates() -> None:
     """The committed conf/ composes into a valid, typed configuration."""
     cfg = checked_config(_compose([]))
     assert isinstance(cfg, Config)
-    assert set(cfg.indexes) == {"brute", "annoy", "hnsw", "ivf", "ivfpq", "kd_tree", "ball_tree"}
+    assert set(cfg.indexes) == {"brute", "annoy", "hnsw", "ivf", "ivfsq", "ivfpq", "kd_tree", "ball_tree"}
     assert cfg.indexes["annoy"].family == "annoy"
     assert cfg.indexes["ivf"].family == cfg.indexes["ivfpq"].family == "faiss"
     assert cfg.indexes["brute"].params == {}
-    assert cfg.grid.dims == ["full", "auto"] and cfg.grid.indexes == ["brute", "annoy", "hnsw", "ivf", "ivfpq", "kd_tree",
+    assert cfg.grid.dims == ["full", "auto"] and cfg.grid.indexes == ["brute", "annoy", "hnsw", "ivf", "ivfsq", "kd_tree",
                                                                    "ball_tree"]
     assert cfg.eval.protocols == ["book", "heldout"] and cfg.eval.recall_ks == [1, 5, 10]
     assert (cfg.search.dim, cfg.search.index) == ("auto", "hnsw")
@@ -74,7 +74,7 @@ def test_valid_overrides(overrides: list[str]) -> None:
     (["grid.dims=0"], "grid.dims[0]", "full"),
     (["grid.dims=abc"], "grid.dims[0]", "full"),
     (["grid.dims=[full,-4]"], "grid.dims[1]", "full"),
-    (["grid.indexes=[faiss]"], "grid.indexes[0]", "brute, annoy, hnsw, ivf, ivfpq, kd_tree, ball_tree"),
+    (["grid.indexes=[faiss]"], "grid.indexes[0]", "brute, annoy, hnsw, ivf, ivfsq, ivfpq, kd_tree, ball_tree"),
     (["search.dim=0"], "search.dim", "full"),
     (["search.index=faiss"], "search.index", "brute, annoy, hnsw"),
     (["eval.protocols=[nope]"], "eval.protocols[0]", "book, heldout"),
