@@ -32,7 +32,7 @@ def built(caltech_dir: Path, shared_weights_dir: Path, tmp_path_factory: pytest.
             shutil.copyfile(image, source / name / image.name)
     params = compose_params([f"data.source_dir={source}", f"backbone.weights_dir={shared_weights_dir}",
                              "data.exclude_classes=[]", "backbone.num_workers=0", "grid.dims=[full,32]",
-                             "grid.indexes=[annoy]", "search.dim=32", "tracking.enabled=false"],
+                             "grid.indexes=[annoy]", "search.dim=32", "search.index=annoy", "tracking.enabled=false"],
                             out=work / "params.yaml")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
