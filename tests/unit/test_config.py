@@ -34,8 +34,8 @@ def test_default_composition_validates() -> None:
     assert cfg.indexes["annoy"].family == "annoy"
     assert cfg.indexes["ivf"].family == cfg.indexes["ivfpq"].family == "faiss"
     assert cfg.indexes["brute"].params == {}
-    assert cfg.grid.dims == ["full", "auto"] and cfg.grid.indexes == ["brute", "annoy", "hnsw", "ivf", "ivfsq", "kd_tree",
-                                                                   "ball_tree"]
+    assert cfg.grid.dims == ["full", "auto"]
+    assert cfg.grid.indexes == ["brute", "annoy", "hnsw", "ivf", "ivfsq", "kd_tree", "ball_tree"]
     assert cfg.eval.protocols == ["book", "heldout"] and cfg.eval.recall_ks == [1, 5, 10]
     assert (cfg.search.dim, cfg.search.index) == ("auto", "hnsw")
     assert cfg.data.split.train + cfg.data.split.val + cfg.data.split.test == pytest.approx(1.0)
