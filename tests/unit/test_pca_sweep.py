@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import build_tiny_pipeline
+from conftest import TINY_PIPELINE, build_tiny_pipeline
 
 from ris.artifacts import ArtifactError
 from ris.cell import grid_cell
@@ -118,3 +118,25 @@ def test_the_stage_writes_the_table_the_choice_and_the_plots(tmp_path: Path, mon
     params.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="reduce.sweep.dims' holds 4096, more than PCA can give"):
         pca_sweep.run(read_params(params))
+
+
+def test_ris_run_evaluates_auto_at_the_sweeps_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ris run grid.dims=auto` uses the dimension the pca_sweep stage chose for these very features."""
+    from ris.cli import main
+
+    params = build_tiny_pipeline(tmp_path, ["reduce.sweep.dims=[2,4,8]"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    overrides = [f"data.source_dir={tmp_path / 'source'}", *TINY_PIPELINE, "reduce.sweep.dims=[2,4,8]",
+                 "grid.dims=auto", "grid.indexes=brute", "hydra.run.dir=outputs"]
+    with pytest.raises(SystemExit, match="ris run: .*choice.json not found, and the dimension 'auto'"):
+        main(["run", *overrides])
+    choice = pca_sweep.run(read_params(params))
+    main(["run", *overrides])
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ris").experiment_id], "tags.source = 'hydra'")
+    assert sorted(run.data.tags["protocol"] for run in runs) == ["book", "heldout"]
+    assert {(run.data.tags["dim"], run.data.metrics["vector_dim"]) for run in runs} == {("auto", choice["dim"])}
