@@ -23,8 +23,8 @@ from pathlib import Path
 
 log = logging.getLogger("ris.locks")
 
-_held: dict[str, tuple[int, bool, int]] = {}
-"""Locks this process holds: lock file -> (file descriptor, exclusive, depth)."""
+_held: dict[str, bool] = {}
+"""Locks this process holds: lock file -> whether exclusively (the outermost hold owns the descriptor)."""
 _held_guard = threading.Lock()
 
 
@@ -43,19 +43,11 @@ def locked(path: Path, *, exclusive: bool) -> Iterator[None]:
     lock_path = lock_file_for(path)
     key = str(lock_path.resolve())
     with _held_guard:
-        held = _held.get(key)
-        if held is not None:
-            descriptor, held_exclusive, depth = held
-            if exclusive and not held_exclusive:
-                raise RuntimeError(f"{lock_path}: exclusive lock requested while this process holds it shared")
-            _held[key] = (descriptor, held_exclusive, depth + 1)
-    if held is not None:
-        try:
-            yield
-        finally:
-            with _held_guard:
-                descriptor, held_exclusive, depth = _held[key]
-                _held[key] = (descriptor, held_exclusive, depth - 1)
+        held_exclusive = _held.get(key)
+    if held_exclusive is not None:  # already held by this process: the outer hold covers this block
+        if exclusive and not held_exclusive:
+            raise RuntimeError(f"{lock_path}: exclusive lock requested while this process holds it shared")
+        yield
         return
 
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +61,7 @@ def locked(path: Path, *, exclusive: bool) -> Iterator[None]:
                      "using" if exclusive else "writing")
             fcntl.flock(descriptor, mode)
         with _held_guard:
-            _held[key] = (descriptor, exclusive, 1)
+            _held[key] = exclusive
         try:
             yield
         finally:

@@ -61,6 +61,11 @@ class PipelinePaths:
         return Path(self.cfg.paths.artifacts) / "features" / self.cfg.backbone.name
 
     @property
+    def feature_cache(self) -> Path:
+        """Feature stores `ris run` makes for keys other than the DVC stage's, one folder per key."""
+        return Path(self.cfg.paths.artifacts) / "cache" / "features" / self.cfg.backbone.name
+
+    @property
     def embedding_cache(self) -> Path:
         """Embeddings by image content hash, per backbone and extractor (not a DVC output: it outlives re-runs)."""
         return Path(self.cfg.paths.artifacts) / "cache" / "embeddings"

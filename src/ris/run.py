@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 import numpy as np
@@ -54,7 +53,7 @@ def features_for(cfg: Config) -> FeatureSet:
         if stored_key(paths.features_dir) == plan.key:
             log.info("reusing features %s from %s", plan.key, paths.features_dir)
             return load_features(paths.features_dir, expect_key=plan.key)
-        cached = Path(cfg.paths.artifacts) / "cache" / "features" / cfg.backbone.name / plan.key
+        cached = paths.feature_cache / plan.key
         # Exclusive while extracting: a second process asking for the same features waits, then reuses them.
         with locked(cached, exclusive=True):
             if stored_key(cached) == plan.key:
@@ -74,8 +73,7 @@ def stored_features_without_weights(cfg: Config, rows: pd.DataFrame, error: Weig
         WeightsUnavailableError: ``error``, when no stored features match.
     """
     paths = PipelinePaths(cfg)
-    cached = Path(cfg.paths.artifacts) / "cache" / "features" / cfg.backbone.name
-    for folder in [paths.features_dir, *sorted(cached.glob("*"))]:
+    for folder in [paths.features_dir, *sorted(paths.feature_cache.glob("*"))]:
         try:
             meta = read_meta(folder)
         except ArtifactError:

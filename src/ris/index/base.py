@@ -53,6 +53,11 @@ class NearestNeighbourIndex(ABC):
     def finalize(self) -> None:
         """Make the index searchable after the last ``add`` (a no-op for exact search)."""
 
+    def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """Rows as the index stores and searches them: float32, C-contiguous, L2-normalised for ``angular``."""
+        vectors = as_float32(np.atleast_2d(vectors))
+        return as_float32(l2_normalize(vectors)) if self.metric == "angular" else vectors
+
     @abstractmethod
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Return the ``k`` nearest ids and distances for every query row, nearest first (-1 pads missing)."""

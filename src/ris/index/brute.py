@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
-from ris.index.base import NearestNeighbourIndex, as_float32, l2_normalize
+from ris.index.base import NearestNeighbourIndex
 from ris.index.registry import register_index
 
 
@@ -24,18 +24,14 @@ class BruteForceIndex(NearestNeighbourIndex):
         self._vectors = np.empty((0, dim), dtype=np.float32)
 
     def add(self, vectors: np.ndarray) -> None:
-        vectors = as_float32(vectors)
-        if self.metric == "angular":
-            vectors = as_float32(l2_normalize(vectors))
+        vectors = self.prepare(vectors)
         self._vectors = np.concatenate([self._vectors, vectors]) if len(self._vectors) else vectors
 
     def __len__(self) -> int:
         return len(self._vectors)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = as_float32(np.atleast_2d(queries))
-        if self.metric == "angular":
-            queries = as_float32(l2_normalize(queries))
+        queries = self.prepare(queries)
         k_found = min(k, len(self))
         if k_found == 0:
             return np.full((len(queries), k), -1, dtype=np.int64), np.full((len(queries), k), np.inf, np.float32)

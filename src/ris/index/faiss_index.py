@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 
 from ris.config import ConfigError
-from ris.index.base import NearestNeighbourIndex, as_float32, l2_normalize
+from ris.index.base import NearestNeighbourIndex, as_float32
 from ris.index.registry import register_index
 
 INDEX_FILE = "faiss.index"
@@ -33,12 +33,8 @@ class FaissIndex(NearestNeighbourIndex):
         self._index = faiss.index_factory(dim, str(self.params["factory"]), faiss.METRIC_L2)
         self._pending: list[np.ndarray] = []
 
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = as_float32(np.atleast_2d(vectors))
-        return as_float32(l2_normalize(vectors)) if self.metric == "angular" else vectors
-
     def add(self, vectors: np.ndarray) -> None:
-        vectors = self._prepare(vectors)
+        vectors = self.prepare(vectors)
         if self._index.is_trained:
             self._index.add(vectors)
         else:
@@ -74,7 +70,7 @@ class FaissIndex(NearestNeighbourIndex):
         return int(self._index.ntotal) + sum(len(part) for part in self._pending)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        squared, ids = self._index.search(self._prepare(queries), k)
+        squared, ids = self._index.search(self.prepare(queries), k)
         ids = ids.astype(np.int64)
         distances = np.where(ids >= 0, np.sqrt(np.maximum(squared, 0.0)), np.inf).astype(np.float32)
         return ids, distances

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import hnswlib
 import numpy as np
 
-from ris.index.base import NearestNeighbourIndex, as_float32, l2_normalize
+from ris.index.base import NearestNeighbourIndex
 from ris.index.registry import register_index
 
 INDEX_FILE = "hnsw.bin"
@@ -32,12 +32,8 @@ class HnswIndex(NearestNeighbourIndex):
         self._graph = hnswlib.Index(space="l2", dim=dim)
         self._capacity = 0
 
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = as_float32(np.atleast_2d(vectors))
-        return as_float32(l2_normalize(vectors)) if self.metric == "angular" else vectors
-
     def add(self, vectors: np.ndarray) -> None:
-        vectors = self._prepare(vectors)
+        vectors = self.prepare(vectors)
         size = len(self)
         if self._capacity == 0:
             self._capacity = size + len(vectors)
@@ -56,7 +52,7 @@ class HnswIndex(NearestNeighbourIndex):
         return int(self._graph.get_current_count()) if self._capacity else 0
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = self._prepare(queries)
+        queries = self.prepare(queries)
         k_found = min(k, len(self))
         labels, squared = self._graph.knn_query(queries, k=k_found)
         ids = labels.astype(np.int64)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.neighbors import BallTree, KDTree
 
-from ris.index.base import NearestNeighbourIndex, as_float32, l2_normalize
+from ris.index.base import NearestNeighbourIndex
 from ris.index.registry import register_index
 
 
@@ -25,9 +25,7 @@ class _SklearnTreeIndex(NearestNeighbourIndex):
         self._tree: KDTree | BallTree | None = None
 
     def add(self, vectors: np.ndarray) -> None:
-        vectors = as_float32(vectors)
-        if self.metric == "angular":
-            vectors = as_float32(l2_normalize(vectors))
+        vectors = self.prepare(vectors)
         self._vectors = np.concatenate([self._vectors, vectors]) if len(self._vectors) else vectors
         self._tree = None  # stale: rebuilt by finalize
 
@@ -41,9 +39,7 @@ class _SklearnTreeIndex(NearestNeighbourIndex):
         if self._tree is None:
             self.finalize()
         assert self._tree is not None
-        queries = as_float32(np.atleast_2d(queries))
-        if self.metric == "angular":
-            queries = as_float32(l2_normalize(queries))
+        queries = self.prepare(queries)
         k_found = min(k, len(self))
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         distances = np.full((len(queries), k), np.inf, dtype=np.float32)
