@@ -209,6 +209,26 @@ def test_extract_archive_refuses_path_traversal(tmp_path: Path) -> None:
     assert not (tmp_path / "escaped.txt").exists()
 
 
+@pytest.mark.parametrize("filters", [True, False], ids=["tar filters", "python before 3.11.4"])
+def test_tar_escapes_are_refused_with_or_without_extraction_filters(tmp_path: Path, filters: bool,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's Python 3.11.2 has no tarfile filters: the members are then checked before extraction."""
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    good = _tar_with(tmp_path, "good.tar.gz", "top/a.txt")
+    extract_archive(good, tmp_path / "good")
+    assert (tmp_path / "good/top/a.txt").exists()
+    with pytest.raises(ValueError, match="refusing"):
+        extract_archive(_tar_with(tmp_path, "evil.tar.gz", "../escaped.txt"), tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists()
+    link = tarfile.TarInfo("top/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "../../outside"
+    with tarfile.open(tmp_path / "link.tar", "w") as bundle:
+        bundle.addfile(link)
+    with pytest.raises(ValueError, match="refusing"):
+        extract_archive(tmp_path / "link.tar", tmp_path / "links")
+
+
 def test_extract_archive_rejects_unknown_type(tmp_path: Path) -> None:
     archive = tmp_path / "bundle.rar"
     archive.write_bytes(b"not really")

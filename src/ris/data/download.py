@@ -194,12 +194,25 @@ def download_file(
     return dest
 
 
-def _check_zip_members(archive: Path, members: list[zipfile.ZipInfo], dest: Path) -> None:
+def _check_member_paths(archive: Path, names: list[str], dest: Path) -> None:
+    root = dest.resolve()
+    for name in names:
+        target = (root / name).resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(f"{archive}: member {name!r} would be written outside {dest}; refusing it")
+
+
+def _check_tar_members(archive: Path, members: list[tarfile.TarInfo], dest: Path) -> None:
+    """What the "data" filter refuses, for Pythons without extraction filters (before 3.11.4)."""
+    _check_member_paths(archive, [member.name for member in members], dest)
     root = dest.resolve()
     for member in members:
-        target = (root / member.filename).resolve()
-        if not target.is_relative_to(root):
-            raise ValueError(f"{archive}: member {member.filename!r} would be written outside {dest}; refusing it")
+        if member.isdev():
+            raise ValueError(f"{archive}: member {member.name!r} is a device file; refusing it")
+        if member.issym() or member.islnk():
+            base = (root / member.name).parent if member.issym() else root
+            if not (base / member.linkname).resolve().is_relative_to(root):
+                raise ValueError(f"{archive}: member {member.name!r} links outside {dest}; refusing it")
 
 
 def extract_archive(archive: Path, dest: Path) -> None:
@@ -219,15 +232,19 @@ def extract_archive(archive: Path, dest: Path) -> None:
         with zipfile.ZipFile(archive) as bundle:
             members = bundle.infolist()
             # Check every member before writing any, so a hostile zip writes nothing.
-            _check_zip_members(archive, members, dest)
+            _check_member_paths(archive, [member.filename for member in members], dest)
             bundle.extractall(dest)
     elif name.endswith(TAR_SUFFIXES):
         with tarfile.open(archive) as bundle:
-            try:
-                # The "data" filter refuses escaping paths and links, device files, and clears unsafe mode bits.
-                bundle.extractall(dest, filter="data")
-            except tarfile.FilterError as error:
-                raise ValueError(f"{archive}: {error}; refusing it") from error
+            if hasattr(tarfile, "data_filter"):
+                try:
+                    # The "data" filter refuses escaping paths and links, device files, and clears unsafe mode bits.
+                    bundle.extractall(dest, filter="data")
+                except tarfile.FilterError as error:
+                    raise ValueError(f"{archive}: {error}; refusing it") from error
+            else:  # Python before 3.11.4 has no extraction filters: check every member first, as for a zip
+                _check_tar_members(archive, bundle.getmembers(), dest)
+                bundle.extractall(dest)
     else:
         raise ValueError(f"{archive}: unsupported archive type; expected one of {', '.join(ARCHIVE_SUFFIXES)}")
     logger.info("extracted %s -> %s in %.1f s", archive, dest, time.perf_counter() - started)
