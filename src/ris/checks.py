@@ -1,4 +1,4 @@
-"""Configuration checks that need the pipeline's registries (index families, protocols, timm's models).
+"""Configuration checks that need the pipeline's registries (index families, rerankers, protocols, timm's models).
 
 The schema (:mod:`ris.config`) imports none of them; this module sits above both, and every entry point loads its
 configuration through :func:`checked_config`, or checks a schema-loaded one with :func:`check_registries`.
@@ -18,6 +18,7 @@ from ris.embed.models import check_backbone_name
 from ris.evaluate.declarations import protocol_metrics
 from ris.evaluate.protocols import PROTOCOLS
 from ris.index.registry import INDEX_FAMILIES, UnknownSettingError
+from ris.rerank import RERANKERS, InvalidSettingError, build_reranker
 
 
 def checked_config(raw: dict[str, Any] | DictConfig, *, check_model: bool = False) -> Config:
@@ -39,7 +40,7 @@ def checked_config(raw: dict[str, Any] | DictConfig, *, check_model: bool = Fals
 
 
 def check_registries(cfg: Config) -> Config:
-    """Check the index families, their settings and the protocols ``cfg`` names.
+    """Check the index families, the re-ranking methods, their settings and the protocols ``cfg`` names.
 
     Raises:
         ConfigError: naming the offending key and the allowed values.
@@ -54,6 +55,18 @@ def check_registries(cfg: Config) -> Config:
         except UnknownSettingError as error:
             raise ConfigError(f"config key '{key}.params.{error.setting}' is not a setting of '{index.family}'; "
                               f"allowed: {', '.join(error.allowed) or 'none'}") from error
+    for name, reranker in cfg.rerankers.items():
+        key = f"rerankers.{name}"
+        if reranker.method not in RERANKERS:
+            raise ConfigError(f"config key '{key}.method' is {reranker.method!r}; "
+                              f"allowed values: {', '.join(RERANKERS)}")
+        try:
+            build_reranker(reranker.method, reranker.params)
+        except UnknownSettingError as error:
+            raise ConfigError(f"config key '{key}.params.{error.setting}' is not a setting of '{reranker.method}'; "
+                              f"allowed: {', '.join(error.allowed) or 'none'}") from error
+        except InvalidSettingError as error:
+            raise ConfigError(f"config key '{key}.params.{error.setting}' {error.reason}") from error
     ratios = [spec.key for spec in protocol_metrics(cfg.eval) if spec.unit == "ratio"]
     if cfg.reduce.sweep.choose_metric not in ratios:
         raise ConfigError(f"config key 'reduce.sweep.choose_metric' is {cfg.reduce.sweep.choose_metric!r}; "

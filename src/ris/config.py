@@ -27,6 +27,8 @@ AUTO_DIM = "auto"
 """The dimension the ``pca_sweep`` stage chooses by ``reduce.sweep``'s rule (read from its ``choice.json``)."""
 Dim = int | str | None
 """A dimension of the grid: a number, None for ``full``, or :data:`AUTO_DIM`."""
+NO_RERANK = "none"
+"""How results tables and MLflow tags name a cell's rows without re-ranking."""
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -53,6 +55,8 @@ class DataConfig:
     checksums: dict[str, str] = field(default_factory=dict)
     archive: str | None = None  # a local copy of the archive (or env RIS_DATA_ARCHIVE)
     source_dir: str | None = None  # an already extracted image folder (or env RIS_DATA_DIR)
+    # Catalogue that folder where it is instead of copying it into ``root`` (saves the copy's time and disk).
+    in_place: bool = False
     image_root: str = ""  # folder inside the archive whose sub-folders are the classes
     root: str = "data"  # where the prepared collection lives
     download_dir: str = "data/downloads"  # cache of downloaded archives (not a pipeline output)
@@ -100,16 +104,48 @@ class ReduceConfig:
     method: str = "pca"
     whiten: bool = False
     renormalize: bool = False  # L2-normalise again after PCA
+    fit_sample: int | None = 100_000  # PCA is fitted on at most this many train+val rows (seeded); null: all
+    seed: int = 0  # the fit sample (and the randomized solver, for very wide features)
     sweep: PcaSweepConfig = field(default_factory=PcaSweepConfig)
 
 
 @dataclass
+class OperatingPointConfig:
+    """Where an approximate index answers: with ``target_recall`` set, building it also picks the fastest
+    query-time setting (``ef``, ``nprobe``, ``search_k``) whose recall@``k`` against exact search reaches the
+    target, on ``queries`` seeded rows of the indexed vectors (each leaving itself out). Null: ``params`` as written.
+    """
+
+    target_recall: float | None = None
+    k: int = 10
+    queries: int = 500
+    seed: int = 0
+
+
+@dataclass
 class IndexConfig:
-    """One entry of the ``indexes`` catalogue: an index family and its settings."""
+    """One entry of the ``indexes`` catalogue: an index family, its settings and its operating point."""
 
     family: str = "brute"
     metric: str = "euclidean"
     params: dict[str, Any] = field(default_factory=dict)
+    operating_point: OperatingPointConfig = field(default_factory=OperatingPointConfig)
+
+
+@dataclass
+class RerankerConfig:
+    """One entry of the ``rerankers`` catalogue: a re-ranking method and its settings."""
+
+    method: str = "aqe"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RerankEvalConfig:
+    """Which rerankers (keys of ``rerankers``) are evaluated, on the cells of which indexes (keys of ``indexes``)."""
+
+    rerankers: list[str] = field(default_factory=list)
+    indexes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -124,13 +160,14 @@ class LatencyConfig:
 
 @dataclass
 class EvalConfig:
-    """Retrieval evaluation: which protocols, and the k of each metric."""
+    """Retrieval evaluation: which protocols, the k of each metric, and which re-ranking is measured where."""
 
     protocols: list[str] = field(default_factory=lambda: ["book", "heldout"])
     k: int = 4  # mean precision@k (the book's "accuracy" is k=4)
     recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # R@k: a same-class item among the top k
     ann_recall_k: int = 10  # recall@k of an approximate index against exact search; latency is timed at this k
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    rerank: RerankEvalConfig = field(default_factory=RerankEvalConfig)
 
 
 @dataclass
@@ -180,6 +217,7 @@ class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     indexes: dict[str, IndexConfig] = field(default_factory=dict)
+    rerankers: dict[str, RerankerConfig] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -295,12 +333,20 @@ def validate(cfg: Config) -> None:
     _choice("reduce.method", cfg.reduce.method, REDUCE_METHODS)
     for name, index in cfg.indexes.items():
         _choice(f"indexes.{name}.metric", index.metric, METRICS)
+        point = index.operating_point
+        if point.target_recall is not None and not 0.0 < point.target_recall <= 1.0:
+            raise ConfigError(f"config key 'indexes.{name}.operating_point.target_recall' is "
+                              f"{point.target_recall!r}; it must be above 0 and at most 1 (or null)")
+        _positive(f"indexes.{name}.operating_point.k", point.k)
+        _positive(f"indexes.{name}.operating_point.queries", point.queries)
     if not cfg.grid.dims:
         raise ConfigError("config key 'grid.dims' is empty; name at least one dimension")
     if not cfg.grid.indexes:
         raise ConfigError("config key 'grid.indexes' is empty; name at least one key of 'indexes'")
     for position, dim in enumerate(cfg.grid.dims):
         check_dim(f"grid.dims[{position}]", dim)
+    if cfg.reduce.fit_sample is not None:
+        _positive("reduce.fit_sample", cfg.reduce.fit_sample)
     sweep = cfg.reduce.sweep
     if not sweep.dims or not sweep.whiten or not sweep.renormalize:
         raise ConfigError("config keys 'reduce.sweep.dims', '.whiten' and '.renormalize' each need a value")
@@ -324,6 +370,13 @@ def validate(cfg: Config) -> None:
     _positive("eval.latency.queries", cfg.eval.latency.queries)
     _positive("eval.latency.threads", cfg.eval.latency.threads)
     _at_least_zero("eval.latency.warmup", cfg.eval.latency.warmup)
+    if NO_RERANK in cfg.rerankers:
+        raise ConfigError(f"config key 'rerankers.{NO_RERANK}': '{NO_RERANK}' names the rows without re-ranking; "
+                          "pick another name")
+    for position, name in enumerate(cfg.eval.rerank.rerankers):
+        _choice(f"eval.rerank.rerankers[{position}]", name, tuple(cfg.rerankers))
+    for position, name in enumerate(cfg.eval.rerank.indexes):
+        _choice(f"eval.rerank.indexes[{position}]", name, tuple(cfg.indexes))
     _positive("backbone.batch_size", cfg.backbone.batch_size)
     _at_least_zero("backbone.num_workers", cfg.backbone.num_workers)
     _choice("backbone.precision", cfg.backbone.precision, PRECISIONS)
