@@ -69,7 +69,7 @@ def test_valid_overrides(overrides: list[str]) -> None:
 @pytest.mark.parametrize("overrides, key, allowed", [
     (["+reduce.dimm=3"], "reduce.dimm", None),
     (["indexes.annoy.metric=cosine"], "indexes.annoy.metric", "euclidean, angular"),
-    (["indexes.annoy.family=milvus"], "indexes.annoy.family", "annoy, brute, faiss, hnsw, kd_tree, ball_tree"),
+    (["indexes.annoy.family=scann"], "indexes.annoy.family", "annoy, brute, faiss, hnsw, milvus, kd_tree, ball_tree"),
     (["reduce.method=lda"], "reduce.method", "pca"),
     (["grid.dims=0"], "grid.dims[0]", "full"),
     (["grid.dims=abc"], "grid.dims[0]", "full"),

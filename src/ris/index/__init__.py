@@ -8,9 +8,10 @@ from ris.index.base import NearestNeighbourIndex
 from ris.index.brute import BruteForceIndex
 from ris.index.faiss_index import FaissIndex
 from ris.index.hnsw import HnswIndex
+from ris.index.milvus_index import MilvusIndex
 from ris.index.registry import INDEX_FAMILIES, index_family
 from ris.index.sklearn_trees import BallTreeIndex, KDTreeIndex
 from ris.index.store import IndexStore
 
 __all__ = ["INDEX_FAMILIES", "AnnoyIndex", "BallTreeIndex", "BruteForceIndex", "FaissIndex", "HnswIndex", "IndexStore",
-           "KDTreeIndex", "NearestNeighbourIndex", "index_family"]
+           "KDTreeIndex", "MilvusIndex", "NearestNeighbourIndex", "index_family"]
