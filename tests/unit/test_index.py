@@ -203,9 +203,9 @@ def test_registry() -> None:
     """Every family is registered under its name; an unknown name is a KeyError listing the known ones."""
     assert index_family("brute") is BruteForceIndex
     assert index_family("annoy") is AnnoyIndex
-    assert set(INDEX_FAMILIES) == {"brute", "annoy", "hnsw", "faiss", "kd_tree", "ball_tree"}
-    with pytest.raises(KeyError, match="annoy, brute, faiss, hnsw, kd_tree, ball_tree"):
-        index_family("milvus")
+    assert set(INDEX_FAMILIES) == {"brute", "annoy", "hnsw", "faiss", "milvus", "kd_tree", "ball_tree"}
+    with pytest.raises(KeyError, match="annoy, brute, faiss, hnsw, milvus, kd_tree, ball_tree"):
+        index_family("scann")
 
 
 @pytest.mark.parametrize("family, params", [("hnsw", {}), ("faiss", {"factory": "IVF16,Flat", "nprobe": 4}),
@@ -252,3 +252,23 @@ def test_unknown_params_rejected(cls: type[NearestNeighbourIndex], bad: str) -> 
         cls.build(_gaussian(10, seed=18), **{bad: 3})
     assert caught.value.setting == bad and caught.value.allowed == list(cls.defaults)
     assert all(name in str(caught.value) for name in cls.defaults)
+
+
+def test_annoy_on_disk_build_gives_the_same_forest_and_saves_by_moving_the_file(tmp_path: Path) -> None:
+    """``on_disk_build`` builds in a memory-mapped file (for collections larger than memory): the same seeded
+    forest as in memory, moved (not copied) into the index folder on save, and no file left behind."""
+    gallery, queries = _clustered(500, seed=1), _clustered(20, seed=2)
+    in_memory = AnnoyIndex.build(gallery, n_trees=5, seed=3)
+    on_disk = AnnoyIndex.build(gallery, n_trees=5, seed=3, on_disk_build=True)
+    build_file = on_disk._build_file
+    assert build_file is not None and build_file.stat().st_size > 0
+    assert np.array_equal(in_memory.search(queries, 10)[0], on_disk.search(queries, 10)[0])
+    on_disk.save(tmp_path / "annoy")
+    assert not build_file.exists() and on_disk._build_file is None
+    loaded = AnnoyIndex.load(tmp_path / "annoy", DIM, "euclidean", on_disk.params)
+    assert np.array_equal(loaded.search(queries, 10)[0], in_memory.search(queries, 10)[0])
+    assert np.array_equal(on_disk.search(queries, 10)[0], in_memory.search(queries, 10)[0])
+    unsaved = AnnoyIndex.build(gallery, n_trees=2, on_disk_build=True)
+    leftover = unsaved._build_file
+    del unsaved
+    assert leftover is not None and not leftover.exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,20 +13,32 @@ from annoy import AnnoyIndex as _Annoy
 from ris.index.base import NearestNeighbourIndex, as_float32
 from ris.index.registry import register_index
 
+# search_k as multiples of Annoy's own default (n_trees * k), by about sqrt(2): at a million vectors the default
+# finds under a third of the true neighbours (README, "Operating points").
+SEARCH_K_FACTORS = tuple(round(2 ** (step / 2), 2) for step in range(21))  # 1 ... 1024
+
 
 @register_index
 class AnnoyIndex(NearestNeighbourIndex):
     """Approximate k-NN; ``n_trees`` trades build time and size for recall, ``search_k`` (-1: n_trees * k) trades
-    query time for recall."""
+    query time for recall. ``on_disk_build`` builds the forest in a memory-mapped file instead of memory (for
+    collections larger than memory), in ``$TMPDIR`` until the index is saved."""
 
     name: ClassVar[str] = "annoy"
-    defaults: ClassVar[dict[str, Any]] = {"n_trees": 100, "search_k": -1, "seed": 0, "build_threads": 1}
+    defaults: ClassVar[dict[str, Any]] = {"n_trees": 100, "search_k": -1, "seed": 0, "build_threads": 1,
+                                          "on_disk_build": False}
+    search_settings: ClassVar[tuple[str, ...]] = ("search_k",)
 
     def __init__(self, dim: int, metric: str = "euclidean", **params: Any) -> None:
         super().__init__(dim, metric, **params)
         self._annoy = _Annoy(dim, metric)
         self._annoy.set_seed(int(self.params["seed"]))
         self._size = 0
+        self._build_file: Path | None = None
+        if self.params["on_disk_build"]:
+            with tempfile.NamedTemporaryFile(prefix="ris-annoy-", suffix=".ann", delete=False) as handle:
+                self._build_file = Path(handle.name)
+            self._annoy.on_disk_build(str(self._build_file))  # before any add_item, as Annoy requires
 
     def add(self, vectors: np.ndarray) -> None:
         for row in as_float32(vectors):
@@ -48,8 +62,24 @@ class AnnoyIndex(NearestNeighbourIndex):
             distances[row, :len(found)] = found_distances
         return ids, distances
 
+    def search_ladder(self, k: int) -> list[dict[str, Any]]:
+        base = int(self.params["n_trees"]) * k
+        return [{"search_k": int(base * factor)} for factor in SEARCH_K_FACTORS]
+
     def _save_data(self, folder: Path) -> None:
-        self._annoy.save(str(folder / "annoy.ann"))
+        if self._build_file is None:
+            self._annoy.save(str(folder / "annoy.ann"))
+            return
+        # Built on disk: the file is the index; move it in and map it from there.
+        self._annoy.unload()
+        shutil.move(self._build_file, folder / "annoy.ann")
+        self._build_file = None
+        self._load_data(folder)
+
+    def __del__(self) -> None:
+        if getattr(self, "_build_file", None) is not None:  # built on disk and never saved
+            self._annoy.unload()
+            self._build_file.unlink(missing_ok=True)
 
     def _load_data(self, folder: Path) -> None:
         self._annoy.load(str(folder / "annoy.ann"))  # memory-mapped: loading is instant at any size

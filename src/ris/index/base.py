@@ -20,6 +20,8 @@ class NearestNeighbourIndex(ABC):
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
+    search_settings: ClassVar[tuple[str, ...]] = ()
+    """The settings that change at query time, without a rebuild (``ef``, ``nprobe``, ``search_k``)."""
 
     def __init__(self, dim: int, metric: str = "euclidean", **params: Any) -> None:
         self.check_params(params)
@@ -50,13 +52,47 @@ class NearestNeighbourIndex(ABC):
     def add(self, vectors: np.ndarray) -> None:
         """Append ``vectors``; their ids continue from the current size."""
 
-    def finalize(self) -> None:
+    def accepts_rows_later(self) -> bool:
+        """Whether :meth:`add_rows` works, also after the index is searchable (then tuning holds its queries out of
+        the build, :mod:`ris.index.tuning`)."""
+        return False
+
+    def add_rows(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add ``vectors`` under the given row ``ids`` (each row once, all rows before the index is used)."""
+        raise NotImplementedError(f"the {self.name} family adds rows in order only")
+
+    def finalize(self) -> None:  # noqa: B027 (optional hook: exact search needs no finishing)
         """Make the index searchable after the last ``add`` (a no-op for exact search)."""
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Rows as the index stores and searches them: float32, C-contiguous, L2-normalised for ``angular``."""
+        if self.metric == "euclidean" and is_ready(vectors):
+            return vectors  # the common case of a single query: no numpy call at all (a search takes ~10 us)
         vectors = as_float32(np.atleast_2d(vectors))
         return as_float32(l2_normalize(vectors)) if self.metric == "angular" else vectors
+
+    def set_search_params(self, **params: Any) -> None:
+        """Change query-time settings (names from ``search_settings``) of a built index.
+
+        Raises:
+            UnknownSettingError: a name that is not a query-time setting of this family.
+        """
+        for name in params:
+            if name not in self.search_settings:
+                raise UnknownSettingError(self.name, name, list(self.search_settings))
+        self.params.update(params)
+        self._apply_search_params()
+
+    def _apply_search_params(self) -> None:  # noqa: B027 (optional hook: exact families have nothing to apply)
+        """Hand ``self.params``'s query-time settings to the library (families with ``search_settings``)."""
+
+    def search_ladder(self, k: int) -> list[dict[str, Any]]:
+        """Query-time settings to try, from the fastest (least exact) to the most exact, for ``k`` neighbours.
+
+        Empty for exact families. Tuning to a target recall walks it (:mod:`ris.index.tuning`); so do the
+        recall-QPS sweeps of `ris bench search`.
+        """
+        return []
 
     @abstractmethod
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +121,11 @@ class NearestNeighbourIndex(ABC):
         index = cls(dim, metric, **params)
         index._load_data(folder)
         return index
+
+
+def is_ready(vectors: np.ndarray) -> bool:
+    """Already a C-contiguous float32 matrix (what every backend takes as is)."""
+    return vectors.ndim == 2 and vectors.dtype == np.float32 and vectors.flags.c_contiguous
 
 
 def as_float32(vectors: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ class BruteForceIndex(NearestNeighbourIndex):
         # SIMD for a few queries and BLAS for many. Measured against a minimal numpy search (README, "Index
         # families"): faster at PCA-100 (no separate partial sort over the gallery), within 1.2x at 1280-d.
         squared, ids = faiss.knn(queries, self._vectors, k_found, metric=faiss.METRIC_L2)
-        distances = np.sqrt(np.maximum(squared, 0.0))
+        distances = np.sqrt(np.maximum(squared, 0.0, out=squared), out=squared)  # in place: no copies
         if k_found < k:  # a gallery smaller than k: pad
             ids = np.pad(ids, ((0, 0), (0, k - k_found)), constant_values=-1)
             distances = np.pad(distances, ((0, 0), (0, k - k_found)), constant_values=np.inf)

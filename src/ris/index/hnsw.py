@@ -17,6 +17,7 @@ from ris.index.base import NearestNeighbourIndex
 from ris.index.registry import register_index
 
 INDEX_FILE = "hnsw.bin"
+EF_LADDER = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
 
 
 @register_index
@@ -26,37 +27,53 @@ class HnswIndex(NearestNeighbourIndex):
     name: ClassVar[str] = "hnsw"
     defaults: ClassVar[dict[str, Any]] = {"M": 16, "ef_construction": 200, "ef": 64, "seed": 0,
                                           "build_threads": 1}
+    search_settings: ClassVar[tuple[str, ...]] = ("ef",)
 
     def __init__(self, dim: int, metric: str = "euclidean", **params: Any) -> None:
         super().__init__(dim, metric, **params)
         self._graph = hnswlib.Index(space="l2", dim=dim)
         self._capacity = 0
+        self._size = 0  # kept here: hnswlib's own count is a slower call, made on every search
 
     def add(self, vectors: np.ndarray) -> None:
+        self.add_rows(vectors, np.arange(self._size, self._size + len(vectors)))
+
+    def accepts_rows_later(self) -> bool:
+        return True
+
+    def add_rows(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         vectors = self.prepare(vectors)
-        size = len(self)
+        size = self._size + len(vectors)
         if self._capacity == 0:
-            self._capacity = size + len(vectors)
+            self._capacity = size
             self._graph.init_index(self._capacity, M=int(self.params["M"]),
                                    ef_construction=int(self.params["ef_construction"]),
                                    random_seed=int(self.params["seed"]))
-        elif size + len(vectors) > self._capacity:
-            self._capacity = size + len(vectors)
+        elif size > self._capacity:
+            self._capacity = size
             self._graph.resize_index(self._capacity)
         self._graph.set_num_threads(int(self.params["build_threads"]))
-        self._graph.add_items(vectors, np.arange(size, size + len(vectors)))
+        self._graph.add_items(vectors, np.asarray(ids, dtype=np.int64))
+        self._size = size
         self._graph.set_num_threads(1)  # searches: one thread per call
-        self._graph.set_ef(int(self.params["ef"]))
+        self._apply_search_params()
+
+    def _apply_search_params(self) -> None:
+        if self._capacity:
+            self._graph.set_ef(int(self.params["ef"]))
+
+    def search_ladder(self, k: int) -> list[dict[str, Any]]:
+        return [{"ef": ef} for ef in EF_LADDER if ef >= k]  # hnswlib searches with max(ef, k) anyway
 
     def __len__(self) -> int:
-        return int(self._graph.get_current_count()) if self._capacity else 0
+        return self._size
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = self.prepare(queries)
-        k_found = min(k, len(self))
-        labels, squared = self._graph.knn_query(queries, k=k_found)
-        ids = labels.astype(np.int64)
-        distances = np.sqrt(np.maximum(squared, 0.0))
+        # Lean on purpose: at ~10 us a query, each numpy call here would cost ris's wrapper 5 % over hnswlib.
+        k_found = min(k, self._size)
+        labels, squared = self._graph.knn_query(self.prepare(queries), k=k_found)
+        ids = labels.view(np.int64)  # uint64 labels, all below 2**63: the same bits
+        distances = np.sqrt(squared, out=squared)  # sums of squares: never negative
         if k_found < k:  # a gallery smaller than k: pad as every family does
             ids = np.pad(ids, ((0, 0), (0, k - k_found)), constant_values=-1)
             distances = np.pad(distances, ((0, 0), (0, k - k_found)), constant_values=np.inf)
@@ -68,5 +85,6 @@ class HnswIndex(NearestNeighbourIndex):
     def _load_data(self, folder: Path) -> None:
         self._graph.load_index(str(folder / INDEX_FILE))
         self._capacity = int(self._graph.get_max_elements())
+        self._size = int(self._graph.get_current_count())
         self._graph.set_num_threads(1)
-        self._graph.set_ef(int(self.params["ef"]))
+        self._apply_search_params()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from ris.artifacts import REBUILD, ArtifactError, check_built_from, read_descrip
 from ris.config import IndexConfig
 from ris.index.base import NearestNeighbourIndex, as_float32
 from ris.index.registry import index_family
+from ris.index.tuning import build_at_operating_point
 from ris.locks import locked
 
 DESCRIPTION_FILE = "index.json"
@@ -25,21 +25,25 @@ class IndexStore:
     """An index over a reduced feature matrix, its build time, and its provenance.
 
     ``built_from`` names the inputs (backbone, feature-store key, dimension); loading checks them against what the
-    caller expects. ``index_bytes`` is the footprint on disk, known once the store has been saved.
+    caller expects. ``index_bytes`` is the footprint on disk, known once the store has been saved. ``tuning`` says
+    which query-time setting the operating point chose, and the recall of each setting tried (None: untuned).
     """
 
     index: NearestNeighbourIndex
     built_from: dict[str, Any]
     build_seconds: float
     index_bytes: int | None = None
+    tuning: dict[str, Any] | None = None
 
     @classmethod
     def build(cls, vectors: np.ndarray, spec: IndexConfig, built_from: dict[str, Any]) -> IndexStore:
-        """Build the ``spec`` family over ``vectors`` (one row per item) and time it; ``built_from`` names the
-        vectors (a reduced store's ``built_from`` plus the catalogue key of ``spec``)."""
-        started = time.perf_counter()
-        index = index_family(spec.family).build(as_float32(vectors), spec.metric, **spec.params)
-        return cls(index, dict(built_from), time.perf_counter() - started)
+        """Build the ``spec`` family over ``vectors`` (one row per item) and time it, and set it to the operating
+        point ``spec`` names (tuning untimed, :func:`build_at_operating_point`); ``built_from`` names the vectors
+        (a reduced store's ``built_from`` plus the catalogue key of ``spec``)."""
+        vectors = as_float32(vectors)
+        index = index_family(spec.family)(vectors.shape[1], spec.metric, **spec.params)
+        build_seconds, tuning = build_at_operating_point(index, vectors, spec.operating_point)
+        return cls(index, dict(built_from), build_seconds, tuning=None if tuning is None else tuning.describe())
 
     def save(self, folder: Path) -> None:
         """Write the index files and ``index.json`` into ``folder``; measures ``index_bytes``."""
@@ -48,7 +52,7 @@ class IndexStore:
         write_description(folder / DESCRIPTION_FILE, FORMAT, FORMAT_VERSION, {
             "family": self.index.name, "metric": self.index.metric, "params": self.index.params,
             "dim": self.index.dim, "size": len(self.index), "built_from": self.built_from,
-            "build_seconds": self.build_seconds, "index_bytes": self.index_bytes})
+            "build_seconds": self.build_seconds, "index_bytes": self.index_bytes, "tuning": self.tuning})
 
     @classmethod
     def load(cls, folder: Path, expect: dict[str, Any] | None = None, remedy: str = REBUILD) -> IndexStore:
@@ -74,4 +78,5 @@ class IndexStore:
         if len(index) != description["size"]:
             raise ArtifactError(f"{folder}: the index holds {len(index)} items, its description says "
                                 f"{description['size']}: {remedy}")
-        return cls(index, description["built_from"], description["build_seconds"], description["index_bytes"])
+        return cls(index, description["built_from"], description["build_seconds"], description["index_bytes"],
+                   description.get("tuning"))
