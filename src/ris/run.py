@@ -22,7 +22,7 @@ from ris.artifacts import ArtifactError
 from ris.cell import grid_cells, run_cell, track_cell
 from ris.checks import checked_config
 from ris.config import Config
-from ris.data.catalog import read_image_table
+from ris.data.catalog import check_unchanged, image_root, read_image_table
 from ris.data.prepare import ensure_collection
 from ris.data.split import split_collection, splits_for_rows
 from ris.embed.extract import feature_key, plan_extraction, run_extraction, select_rows
@@ -60,7 +60,10 @@ def features_for(cfg: Config) -> FeatureSet:
                 log.info("reusing features %s from %s", plan.key, cached)
                 return load_features(cached, expect_key=plan.key)
             cache_dir = paths.embedding_cache / cfg.backbone.name / plan.extractor_key
-            return run_extraction(plan, paths.images_dir, cached, cache_dir=cache_dir)
+            root = image_root(paths.images_dir)
+            if root != paths.images_dir:  # catalogued in place: check the folder is still the one catalogued
+                check_unchanged(table, root)
+            return run_extraction(plan, root, cached, cache_dir=cache_dir)
 
 
 def stored_features_without_weights(cfg: Config, rows: pd.DataFrame, error: WeightsUnavailableError) -> FeatureSet:

@@ -1,4 +1,8 @@
-"""Prepare stage: turn a download, a local archive or an extracted folder into ``images/`` plus ``images.parquet``."""
+"""Prepare stage: turn a download, a local archive or an extracted folder into ``images/`` plus ``images.parquet``.
+
+A folder is copied into ``images/`` unless ``data.in_place``: then it is catalogued where it is, and ``images/``
+holds only a record of where (:data:`ris.data.catalog.IN_PLACE_FILE`).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from ris.config import DataConfig
-from ris.data.catalog import scan_images
+from ris.data.catalog import scan_images, write_in_place_record
 from ris.data.download import ChecksumError, download_file, extract_archive, is_archive, md5sum
 from ris.errors import UserFacingError
 from ris.locks import locked
@@ -46,7 +50,12 @@ class PreparedCollection:
     table_path: Path
     table: pd.DataFrame
     skipped: list[dict[str, str]]
-    source: str  # "download <url>", "archive <file name>" or "folder <folder name>"
+    source: str  # "download <url>", "archive <file name>", "folder <folder name>" (+ ", in place")
+    image_root: Path | None = None  # where the table's paths are relative to: images_dir, or the folder in place
+
+    def __post_init__(self) -> None:
+        if self.image_root is None:
+            self.image_root = self.images_dir
 
 
 def _verify_known(archive: Path, checksums: Mapping[str, str]) -> bool:
@@ -165,8 +174,10 @@ def _copy_folder(folder: Path, dest: Path) -> None:
         os.chmod(current, mode | stat.S_IRWXU)
 
 
-def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path, progress: bool) -> tuple[Path, str]:
-    """Put the collection's class folders inside ``work``; return the image root and a description of the source."""
+def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path,
+                 progress: bool) -> tuple[Path, str, bool]:
+    """Put the collection's class folders inside ``work`` (or, for a folder catalogued in place, leave them where they
+    are); return the image root, a description of the source and whether it is catalogued in place."""
     folder = cfg.source_dir or environ.get(DATA_DIR_ENV)
     if folder:
         folder_path = Path(folder)
@@ -174,11 +185,21 @@ def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path, progre
             raise SourceNotFoundError(f"image folder {folder_path} (data.source_dir or env {DATA_DIR_ENV}) not found")
         if cfg.image_root and (folder_path / cfg.image_root).is_dir():
             folder_path = folder_path / cfg.image_root
+        if cfg.in_place:
+            # Absolute: extraction and search read the images from here, whatever their working directory.
+            root = folder_path.resolve()
+            if root.is_relative_to(work.parent.resolve()):
+                raise SourceNotFoundError(f"image folder {folder_path} is inside the collection's own folder "
+                                          f"{work.parent}, which preparing replaces: with data.in_place, point "
+                                          "data.source_dir (or env RIS_DATA_DIR) at a folder outside it")
+            return root, f"folder {folder_path.name}, in place", True
         started = time.perf_counter()
         _copy_folder(folder_path, work / "copied")
         logger.info("copied %s in %.1f s", folder_path, time.perf_counter() - started)
-        return work / "copied", f"folder {folder_path.name}"  # the name: the same data reports the same anywhere
+        return work / "copied", f"folder {folder_path.name}", False  # the name: same data, same report anywhere
 
+    if cfg.in_place:
+        logger.info("data.in_place applies to an image folder only: an archive is unpacked into %s", cfg.root)
     archive = cfg.archive or environ.get(DATA_ARCHIVE_ENV)
     if archive:
         archive_path = Path(archive)
@@ -186,11 +207,11 @@ def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path, progre
             raise SourceNotFoundError(f"archive {archive_path} (data.archive or env {DATA_ARCHIVE_ENV}) not found")
         if not _verify_known(archive_path, cfg.checksums):
             logger.warning("archive %s has no entry in data.checksums: using it unverified", archive_path)
-        return _unpack(archive_path, work, cfg), f"archive {archive_path.name}"
+        return _unpack(archive_path, work, cfg), f"archive {archive_path.name}", False
 
     if cfg.url:
         # download_file verifies the md5 of known names, so the archive is not hashed a second time here.
-        return _unpack(_fetch(cfg, progress), work, cfg), f"download {cfg.url}"
+        return _unpack(_fetch(cfg, progress), work, cfg), f"download {cfg.url}", False
 
     raise NoSourceError(
         "no image source configured: set data.source_dir (or env RIS_DATA_DIR) to an extracted image folder, "
@@ -212,7 +233,8 @@ def prepare_collection(
 ) -> PreparedCollection:
     """Lay out the image collection as ``<root>/<name>/images/<class>/...`` and catalogue it in ``images.parquet``.
 
-    Source precedence: ``cfg.source_dir`` or env RIS_DATA_DIR (an extracted folder, copied), then ``cfg.archive``
+    Source precedence: ``cfg.source_dir`` or env RIS_DATA_DIR (an extracted folder: copied, or with
+    ``cfg.in_place`` catalogued where it is, ``images/`` then recording only where), then ``cfg.archive``
     or env RIS_DATA_ARCHIVE (a local archive), then ``cfg.url`` (downloaded into ``cfg.download_dir``). Archives
     whose names are keys of ``cfg.checksums`` are md5-verified. Everything is built in a temporary folder next to
     the outputs and moved into place at the end, so an interrupted run leaves no half-written output.
@@ -260,25 +282,31 @@ def _prepare_locked(cfg: DataConfig, out_dir: Path, environ: Mapping[str, str], 
     # Inside out_dir, so the final moves are renames on one file system.
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=out_dir))
     try:
-        image_root, source = _materialize(cfg, environ, work, progress)
+        image_root, source, in_place = _materialize(cfg, environ, work, progress)
         logger.info("read collection from %s", source)
         table, skipped = scan_images(image_root, progress=progress)
         staged_table = work / "images.parquet"
         table.to_parquet(staged_table, index=False)
+        staged_images = image_root
+        if in_place:  # images/ only says where the images are; the source folder is never written to
+            staged_images = work / "in-place"
+            write_in_place_record(staged_images, image_root)
         # Drop the old table first: it is written last, so its presence means images/ matches it.
         table_path.unlink(missing_ok=True)
         if images_dir.exists():
             os.replace(images_dir, work / "old-images")  # deleted with work below
-        os.replace(image_root, images_dir)
+        os.replace(staged_images, images_dir)
         os.replace(staged_table, table_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     logger.info(
-        "wrote %s (%d images, %d classes) and %s in %.1f s",
+        "wrote %s (%d images, %d classes%s) and %s in %.1f s",
         images_dir,
         len(table),
         table["class"].nunique(),
+        f", catalogued in place under {image_root}" if in_place else "",
         table_path,
         time.perf_counter() - started,
     )
-    return PreparedCollection(images_dir=images_dir, table_path=table_path, table=table, skipped=skipped, source=source)
+    return PreparedCollection(images_dir=images_dir, table_path=table_path, table=table, skipped=skipped, source=source,
+                              image_root=image_root if in_place else images_dir)

@@ -19,6 +19,15 @@ from ris.locks import locked
 
 EMBEDDINGS_FILE = "embeddings.npy"
 HASHES_FILE = "hashes.parquet"
+COPY_ROWS = 65_536
+"""Rows copied at a time between (memory-mapped) matrices: memory stays bounded whatever the collection's size."""
+
+
+def copy_rows(source: np.ndarray, source_rows: np.ndarray, target: np.ndarray, target_rows: np.ndarray) -> None:
+    """``target[target_rows] = source[source_rows]``, :data:`COPY_ROWS` rows at a time."""
+    for start in range(0, len(target_rows), COPY_ROWS):
+        stop = start + COPY_ROWS
+        target[target_rows[start:stop]] = source[source_rows[start:stop]]
 
 
 class EmbeddingCache:
@@ -49,32 +58,41 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._hashes)
 
-    def lookup(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """For each hash: whether it is cached, and the cached row (``found`` rows of the returned matrix)."""
+    @property
+    def matrix(self) -> np.ndarray | None:
+        """The cached embeddings, memory-mapped (None while the cache is empty)."""
+        return self._matrix
+
+    def find(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """For each hash: whether it is cached, and the cache row of each found one (in order), to read in chunks."""
         found = np.array([digest in self._row_of for digest in hashes], dtype=bool)
-        rows = [self._row_of[digest] for digest, hit in zip(hashes, found, strict=True) if hit]
-        width = 0 if self._matrix is None else self._matrix.shape[1]
-        vectors = np.asarray(self._matrix[rows], dtype=np.float32) if rows else np.empty((0, width), np.float32)
-        return found, vectors
+        rows = np.array([self._row_of[digest] for digest, hit in zip(hashes, found, strict=True) if hit], np.int64)
+        return found, rows
 
     def add(self, hashes: list[str], vectors: np.ndarray) -> None:
         """Store ``vectors`` under ``hashes`` (distinct; those already cached, by anyone, are skipped).
 
         The new files are written to a staging folder that then replaces the old one by two renames under the
         exclusive lock. A kill between the renames loses the cache (never a feature store), which only makes the
-        next extraction slower.
+        next extraction slower. The old and new rows are copied into the new matrix a chunk at a time, so neither
+        the cache nor ``vectors`` (which may be memory-mapped) is read into memory whole.
         """
         with locked(self.folder, exclusive=True):
             self._read()  # another process may have added rows since this one read the cache
-            new_rows = [row for row, digest in enumerate(hashes) if digest not in self._row_of]
-            if not new_rows:
+            new_rows = np.array([row for row, digest in enumerate(hashes) if digest not in self._row_of], np.int64)
+            if not len(new_rows):
                 return
-            added = np.asarray(vectors[new_rows], dtype=np.float32)
-            matrix = added if self._matrix is None else np.concatenate([np.asarray(self._matrix), added])
+            old_count = len(self._hashes)
             all_hashes = self._hashes + [hashes[row] for row in new_rows]
             self.folder.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
-            np.save(staging / EMBEDDINGS_FILE, matrix)
+            matrix = np.lib.format.open_memmap(staging / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
+                                               shape=(len(all_hashes), vectors.shape[1]))
+            if old_count:
+                copy_rows(self._matrix, np.arange(old_count), matrix, np.arange(old_count))
+            copy_rows(vectors, new_rows, matrix, old_count + np.arange(len(new_rows)))
+            matrix.flush()
+            del matrix
             pd.DataFrame({"sha256": all_hashes}).to_parquet(staging / HASHES_FILE)
             old = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=".old", dir=self.folder.parent))
             if self.folder.exists():

@@ -20,7 +20,7 @@ from pytorch_lightning.accelerators import CUDAAccelerator
 
 from ris.artifacts import write_description
 from ris.config import BackboneConfig
-from ris.embed.cache import EmbeddingCache
+from ris.embed.cache import EmbeddingCache, copy_rows
 from ris.embed.lightning import EmbeddingModule, FeatureMatrixWriter, ImageDataModule
 from ris.embed.store import (
     EMBEDDINGS_FILE,
@@ -92,13 +92,19 @@ def plan_extraction(table: pd.DataFrame, backbone: BackboneConfig,
     return ExtractionPlan(backbone, source, model, data_config, rows, extractor, feature_key(extractor, rows))
 
 
-def embed_images(plan: ExtractionPlan, paths: list[Path], *, progress: bool = True) -> tuple[np.ndarray, str]:
-    """Embed the image files ``paths`` in order under ``Trainer.predict``; return the matrix and the device name."""
+def embed_images(plan: ExtractionPlan, paths: list[Path], *, progress: bool = True,
+                 sha256: list[str] | None = None, into: Path | None = None) -> tuple[np.ndarray, str]:
+    """Embed the image files ``paths`` in order under ``Trainer.predict``; return the matrix and the device name.
+
+    With ``sha256``, each file read is checked against its catalogued hash. With ``into``, the matrix is written
+    there and returned memory-mapped (the caller owns the file), so a million embeddings never sit in memory twice;
+    without it, it is returned in memory.
+    """
     backbone = plan.backbone
     transform = timm.data.create_transform(**plan.data_config, is_training=False)
-    data = ImageDataModule(paths, transform, backbone.batch_size, backbone.num_workers)
+    data = ImageDataModule(paths, transform, backbone.batch_size, backbone.num_workers, sha256=sha256)
     with tempfile.TemporaryDirectory(prefix="ris-embed-") as scratch:
-        writer = FeatureMatrixWriter(Path(scratch) / EMBEDDINGS_FILE, len(paths))
+        writer = FeatureMatrixWriter(into or Path(scratch) / EMBEDDINGS_FILE, len(paths))
         trainer = pl.Trainer(accelerator=backbone.accelerator, devices=1, precision=backbone.precision,
                              callbacks=[writer], logger=False, enable_progress_bar=progress,
                              enable_checkpointing=False, enable_model_summary=False)
@@ -112,21 +118,26 @@ def embed_images(plan: ExtractionPlan, paths: list[Path], *, progress: bool = Tr
             writer.close()
         if writer.written != len(paths):
             raise RuntimeError(f"wrote {writer.written} embeddings for {len(paths)} images")
-        return np.array(np.load(writer.path, mmap_mode="r")), device
+        matrix = np.load(writer.path, mmap_mode="r")
+        return (matrix if into is not None else np.array(matrix)), device
 
 
 def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cache_dir: Path | None = None,
                    progress: bool = True) -> FeatureSet:
     """Write the feature store for ``plan.rows`` into ``out_dir``, embedding only images ``cache_dir`` lacks.
 
-    Writes ``embeddings.npy`` (float32, one row per image), ``rows.parquet`` (row-aligned) and ``meta.json`` (keys,
+    ``images_dir`` is the folder the rows' paths are relative to (:func:`ris.data.catalog.image_root`). Writes
+    ``embeddings.npy`` (float32, one row per image), ``rows.parquet`` (row-aligned) and ``meta.json`` (keys,
     weights, preprocessing) into a staging folder that replaces ``out_dir`` whole at the end, so an
-    interrupted run leaves no partial store. Newly embedded images are added to the cache.
+    interrupted run leaves no partial store. Newly embedded images are added to the cache. Embeddings move between
+    memory-mapped files in bounded chunks: memory does not grow with the collection.
     """
     rows = plan.rows
     hashes = rows["sha256"].tolist()
     cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
-    found, cached = cache.lookup(hashes) if cache is not None else (np.zeros(len(rows), bool), None)
+    found, cache_rows = cache.find(hashes) if cache is not None else (np.zeros(len(rows), bool), None)
+    # Held open: a memory map stays readable after :meth:`EmbeddingCache.add` replaces the cache's files.
+    cached = cache.matrix if cache is not None else None
     missing = np.flatnonzero(~found)
     # Identical files (same content hash) are embedded once: the first row of each new hash.
     first_of_hash: dict[str, int] = {}
@@ -136,37 +147,40 @@ def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cac
              len(first_of_hash))
     started = time.perf_counter()
     device = "cpu"
-    if first_of_hash:
-        with locked(images_dir.parent, exclusive=False):  # the collection's lock: its images stay while read
-            unique, device = embed_images(plan, [images_dir / rows["path"].iloc[row] for row in first_of_hash.values()],
-                                          progress=progress)
-        position = {digest: index for index, digest in enumerate(first_of_hash)}
-        embedded = unique[[position[hashes[row]] for row in missing]]
-    seconds = time.perf_counter() - started
-    dim = embedded.shape[1] if len(missing) else cached.shape[1]
-    if cache is not None and first_of_hash:
-        cache.add(list(first_of_hash), unique)
+    with tempfile.TemporaryDirectory(prefix="ris-embed-") as scratch:
+        unique = None
+        if first_of_hash:
+            with locked(images_dir.parent, exclusive=False):  # the collection's lock: its images stay while read
+                relative = rows["path"].to_numpy()
+                unique, device = embed_images(plan, [images_dir / relative[row] for row in first_of_hash.values()],
+                                              progress=progress, sha256=list(first_of_hash),
+                                              into=Path(scratch) / EMBEDDINGS_FILE)
+        seconds = time.perf_counter() - started
+        dim = unique.shape[1] if unique is not None else cached.shape[1]
+        if cache is not None and unique is not None:
+            cache.add(list(first_of_hash), unique)
 
-    with atomic_folder(out_dir) as staging:
-        matrix = np.lib.format.open_memmap(staging / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
-                                           shape=(len(rows), dim))
-        if found.any():
-            matrix[found] = cached
-        if len(missing):
-            matrix[missing] = embedded
-        matrix.flush()
-        del matrix
-        rows.assign(row=np.arange(len(rows))).to_parquet(staging / ROWS_FILE)
-        write_description(staging / META_FILE, FORMAT, FORMAT_VERSION, {
-            "key": plan.key, "extractor_key": plan.extractor_key,
-            "backbone": {name: value for name, value in asdict(plan.backbone).items()
-                         if name not in ("weights_file", "weights_dir")},  # where weights live is not what they are
-            "model": plan.source.model, "timm_version": timm.__version__,
-            # The weights file's name only: its content hash is the identity, and where the file lives on this
-            # machine must not make the same features describe themselves differently elsewhere.
-            "weights": {"kind": plan.source.kind, "identity": plan.source.identity,
-                        "file_name": plan.source.file.name if plan.source.file else None},
-            "preprocessing": plan.data_config, "images": len(rows), "dim": int(dim)})
+        with atomic_folder(out_dir) as staging:
+            matrix = np.lib.format.open_memmap(staging / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
+                                               shape=(len(rows), dim))
+            if found.any():
+                copy_rows(cached, cache_rows, matrix, np.flatnonzero(found))
+            if len(missing):
+                position = {digest: index for index, digest in enumerate(first_of_hash)}
+                copy_rows(unique, np.array([position[hashes[row]] for row in missing]), matrix, missing)
+            matrix.flush()
+            del matrix, unique, cached
+            rows.assign(row=np.arange(len(rows))).to_parquet(staging / ROWS_FILE)
+            write_description(staging / META_FILE, FORMAT, FORMAT_VERSION, {
+                "key": plan.key, "extractor_key": plan.extractor_key,
+                "backbone": {name: value for name, value in asdict(plan.backbone).items()
+                             if name not in ("weights_file", "weights_dir")},  # where weights live is not what they are
+                "model": plan.source.model, "timm_version": timm.__version__,
+                # The weights file's name only: its content hash is the identity, and where the file lives on this
+                # machine must not make the same features describe themselves differently elsewhere.
+                "weights": {"kind": plan.source.kind, "identity": plan.source.identity,
+                            "file_name": plan.source.file.name if plan.source.file else None},
+                "preprocessing": plan.data_config, "images": len(rows), "dim": int(dim)})
     log.info("wrote %d x %d embeddings to %s (%d embedded in %.1f s, %d reused)", len(rows), dim, out_dir,
              len(first_of_hash), seconds, int(found.sum()))
     features = load_features(out_dir, expect_key=plan.key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from ris.images import open_image
+from ris.images import ImageReadError, open_image
 
 
 class EmbeddingModule(pl.LightningModule):
@@ -34,26 +35,45 @@ class EmbeddingModule(pl.LightningModule):
 
 
 class ImageFileDataset(Dataset):
-    """Images decoded as people see them (:func:`ris.images.open_image`, as queries are), with their row number."""
+    """Images decoded as people see them (:func:`ris.images.open_image`, as queries are), with their row number.
 
-    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    With ``sha256`` (the catalogue's hash of each file), every file read is checked against it: the embedding is
+    stored under that hash, so a file changed since it was catalogued (a folder catalogued in place, edited) stops
+    extraction instead of being embedded under another image's identity.
+    """
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor],
+                 sha256: Sequence[str] | None = None) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.sha256 = None if sha256 is None else list(sha256)
+        if self.sha256 is not None and len(self.sha256) != len(self.paths):
+            raise ValueError(f"{len(self.sha256)} hashes for {len(self.paths)} image paths")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int]:
-        return self.transform(open_image(self.paths[row])), row
+        path = self.paths[row]
+        if self.sha256 is None:
+            return self.transform(open_image(path)), row
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return self.transform(open_image(path)), row  # open_image raises the one-line reason
+        if hashlib.sha256(data).hexdigest() != self.sha256[row]:
+            raise ImageReadError(f"{path}: its content changed since the collection was catalogued (sha256 differs): "
+                                 "catalogue it again with `dvc repro -f download`")
+        return self.transform(open_image(data, name=str(path))), row
 
 
 class ImageDataModule(pl.LightningDataModule):
     """Serves a fixed list of image files, in order, for ``Trainer.predict``."""
 
     def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor], batch_size: int = 32,
-                 num_workers: int = 2) -> None:
+                 num_workers: int = 2, sha256: Sequence[str] | None = None) -> None:
         super().__init__()
-        self.dataset = ImageFileDataset(paths, transform)
+        self.dataset = ImageFileDataset(paths, transform, sha256)
         self.batch_size = batch_size
         self.num_workers = num_workers
 

@@ -51,21 +51,37 @@ def average_precision_at_r(hits: np.ndarray, relevant: int) -> float:
     return float((precision_at_rank * padded).sum() / relevant)
 
 
+MAX_RESULT_IDS = 1 << 22
+"""MAP@R asks for R results per query: at most this many result ids (4 M: 48 MB with their distances) are held at a
+time, whatever the class sizes, by searching a class's queries in chunks."""
+
+
 def mean_average_precision_at_r(index: NearestNeighbourIndex, queries: np.ndarray, query_labels: np.ndarray,
-                                gallery_labels: np.ndarray, self_ids: np.ndarray | None) -> float:
+                                gallery_labels: np.ndarray, self_ids: np.ndarray | None, *,
+                                max_ids: int = MAX_RESULT_IDS) -> float:
     """MAP@R: R is the number of same-class gallery images (less the query itself when leave-one-out).
 
-    Queries whose R is 0 are skipped. Queries of one class share R, so each class is searched as one batch, k = R.
+    Queries whose R is 0 are skipped. Queries of one class share R, so they are searched together at k = R, in
+    chunks of at most ``max_ids // (R + 1)`` queries (at least one): memory is bounded for any gallery, and the
+    result is the same for any ``max_ids`` (each query's ranking does not depend on the others searched with it).
     """
+    if not len(query_labels):
+        return float("nan")
+    # One sort groups the queries by class (members in row order), instead of one pass over them per class.
+    gallery_counts = dict(zip(*np.unique(gallery_labels, return_counts=True), strict=True))
+    order = np.argsort(query_labels, kind="stable")
+    classes, starts = np.unique(query_labels[order], return_index=True)
     scores: list[float] = []
-    for label in np.unique(query_labels):
-        members = np.flatnonzero(query_labels == label)
-        relevant = int((gallery_labels == label).sum()) - (self_ids is not None)
+    for label, members in zip(classes, np.split(order, starts[1:]), strict=True):
+        relevant = int(gallery_counts.get(label, 0)) - (self_ids is not None)
         if relevant <= 0:
             continue
-        ids = ranked_neighbours(index, queries[members], None if self_ids is None else self_ids[members], relevant)
-        matches = same_class(ids, query_labels[members], gallery_labels)
-        scores.extend(average_precision_at_r(row, relevant) for row in matches)
+        chunk = max(1, max_ids // (relevant + 1))
+        for start in range(0, len(members), chunk):
+            part = members[start:start + chunk]
+            ids = ranked_neighbours(index, queries[part], None if self_ids is None else self_ids[part], relevant)
+            matches = same_class(ids, query_labels[part], gallery_labels)
+            scores.extend(average_precision_at_r(row, relevant) for row in matches)
     return float(np.mean(scores)) if scores else float("nan")
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ris.artifacts import ArtifactError
 from ris.config import AUTO_DIM, Config, check_dim, dim_label, parse_dim
+from ris.data.catalog import image_root
 from ris.embed.lightning import EmbeddingModule
 from ris.embed.store import load_features
 from ris.embed.weights import create_backbone, resolve_weights
@@ -73,7 +74,8 @@ class Searcher:
         self.embedder = embedder
         self.reducer = reducer
         self.index = index
-        self.paths = [images_dir / path for path in rows["path"]]
+        self.images_dir = images_dir  # where the rows' paths are relative to (the source folder, if in place)
+        self.relative_paths = rows["path"].to_numpy()  # a Path is made per hit, not a million at load time
         self.labels = rows["class"].tolist()
         self.description = description
 
@@ -115,7 +117,7 @@ class Searcher:
         if dim_value == AUTO_DIM:  # say what the sweep chose
             label = f"{label} = {reduced.reducer.output_dim}"
         description = f"{meta['model']} / {label} / {index_name}"
-        return cls(embedder, reduced.reducer, index.index, rows, paths.images_dir, description)
+        return cls(embedder, reduced.reducer, index.index, rows, image_root(paths.images_dir), description)
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """The images' vectors in the index's space (embedded, normalised, reduced)."""
@@ -124,7 +126,7 @@ class Searcher:
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The ``k`` nearest collection images of each vector (already in the index's space)."""
         ids, distances = self.index.search(vectors, min(k, len(self.index)))
-        return [[Hit(rank, int(row), self.paths[row], self.labels[row], float(distance))
+        return [[Hit(rank, int(row), self.images_dir / self.relative_paths[row], self.labels[row], float(distance))
                  for rank, (row, distance) in enumerate(zip(row_ids, row_distances, strict=True), start=1) if row >= 0]
                 for row_ids, row_distances in zip(ids, distances, strict=True)]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ris.config import Config
-from ris.data.catalog import read_image_table
+from ris.data.catalog import check_unchanged, image_root, read_image_table
 from ris.embed.extract import extract_features
 from ris.embed.models import check_backbone_name
 from ris.paths import PipelinePaths, write_json_atomic
@@ -18,7 +18,10 @@ def run(cfg: Config) -> dict:
     check_backbone_name(cfg.backbone.name)
     paths = PipelinePaths(cfg)
     table = read_image_table(paths.image_table)
-    features = extract_features(table, paths.images_dir, cfg.backbone, paths.features_dir,
+    root = image_root(paths.images_dir)
+    if root != paths.images_dir:  # catalogued in place: DVC does not watch that folder, so check it here
+        check_unchanged(table, root)
+    features = extract_features(table, root, cfg.backbone, paths.features_dir,
                                 exclude_classes=cfg.data.exclude_classes, cache_root=paths.embedding_cache,
                                 reuse=False)
     meta, run = features.meta, features.run
