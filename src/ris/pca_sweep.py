@@ -1,9 +1,10 @@
 """The PCA sweep: how accuracy and exact-search latency change with the reduced dimension, and which to use.
 
-One PCA is fitted (on the split's train and val images, as the ``reduce`` stage does) to the largest dimension
-swept; every smaller one is its truncation, since PCA's components are nested. Each dimension is evaluated with
-exact search, plain, whitened and renormalised, under every protocol, by the same :func:`ris.cell.evaluate_cell`
-the grid uses; the rule in ``reduce.sweep`` then picks the dimension.
+One PCA is fitted (on the split's train and val images, or the same seeded sample of them that the ``reduce``
+stage uses: ``reduce.fit_sample``) to the largest dimension swept; every smaller one is its truncation, since
+PCA's components are nested. Each dimension is evaluated with exact search, plain, whitened and renormalised, under
+every protocol, by the same :func:`ris.cell.evaluate_cell` the grid uses; the rule in ``reduce.sweep`` then picks
+the dimension.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ris.cell import Cell, evaluate_cell
 from ris.config import Config, ConfigError, IndexConfig, check_dim, dim_label
 from ris.embed.store import FeatureSet
 from ris.index.store import IndexStore
-from ris.reduce.pca import FeatureReducer, fit_reducer
+from ris.reduce.pca import FeatureReducer, fit_reducer, sample_rows
 from ris.reduce.store import ReducedStore
 
 log = logging.getLogger("ris.pca_sweep")
@@ -49,13 +50,16 @@ def sweep_reducers(features: FeatureSet, splits: np.ndarray, cfg: Config) -> lis
     sweep = cfg.reduce.sweep
     dims = [check_dim(f"reduce.sweep.dims[{position}]", dim, allow_auto=False)
             for position, dim in enumerate(sweep.dims)]
-    fit_rows = features.embeddings[np.flatnonzero(splits != "test")]
     numeric = sorted({dim for dim in dims if dim is not None})
-    limit = min(fit_rows.shape)
+    sample = sample_rows(np.flatnonzero(splits != "test"), cfg.reduce.fit_sample, cfg.reduce.seed)
+    limit = min(len(sample), features.embeddings.shape[1])
     if numeric and numeric[-1] > limit:
         raise ConfigError(f"config key 'reduce.sweep.dims' holds {numeric[-1]}, more than PCA can give here "
-                          f"(min(train+val rows, embedding width) = {limit})")
-    largest = fit_reducer(fit_rows, numeric[-1], method=cfg.reduce.method) if numeric else None
+                          f"(min(train+val rows fitted on, embedding width) = {limit})")
+    largest = None
+    if numeric:  # only the sample is read into memory
+        largest = fit_reducer(features.embeddings[sample], numeric[-1], method=cfg.reduce.method,
+                              seed=cfg.reduce.seed)
     width = features.embeddings.shape[1]
     reducers = []
     for whiten in sweep.whiten:
@@ -80,7 +84,7 @@ def sweep_pca(features: FeatureSet, splits: np.ndarray, cfg: Config, *, progress
         reduced = ReducedStore(reducer, reducer.transform(features.embeddings), {"dim": dim_label(dim)})
         index = IndexStore.build(reduced.vectors, exact, {})
         cell = Cell(cfg.backbone.name, dim, "brute", exact)
-        result = evaluate_cell(cell, reduced, index, features.labels, splits, cfg)
+        result = evaluate_cell(cell, reduced, index, features.labels, splits, cfg, rerank=False)
         for protocol, metrics in result.protocols.items():
             rows.append({"dim": dim_label(dim), "vector_dim": reducer.output_dim, "whiten": reducer.whiten,
                          "renormalize": reducer.renormalize, "protocol": protocol, **metrics,

@@ -71,9 +71,12 @@ def test_repro_writes_every_output(reproduced: Path) -> None:
         for index in ("brute", "annoy"):
             assert (reproduced / f"artifacts/indexes/test_efficientnet/{dim}/{index}/index.json").exists()
     results = pd.read_csv(reproduced / "reports/results.csv")
-    assert sorted(zip(results["dim"].astype(str), results["index"], results["protocol"], strict=True)) == sorted(
-        (dim, index, protocol) for dim in ("8", "full") for index in ("annoy", "brute")
-        for protocol in ("book", "heldout"))
+    rows = zip(results["dim"].astype(str), results["index"], results["rerank"], results["protocol"], strict=True)
+    # eval.rerank measures its rerankers on brute cells: their rows follow the cell's own.
+    assert sorted(rows) == sorted((dim, index, rerank, protocol) for dim in ("8", "full")
+                                  for index in ("annoy", "brute")
+                                  for rerank in (["none", "aqe", "k_reciprocal"] if index == "brute" else ["none"])
+                                  for protocol in ("book", "heldout"))
 
 
 def test_metrics_are_sane_and_exact_search_has_full_recall(reproduced: Path) -> None:
@@ -105,9 +108,14 @@ def test_mlflow_has_one_tagged_run_per_cell_and_protocol(reproduced: Path) -> No
     sweeps = [run for run in every_run if run.data.tags.get("stage") == "pca_sweep"]
     assert len(sweeps) == 1 and sweeps[0].data.metrics["chosen_dim"] >= 1  # the PCA sweep's own run
     runs = [run for run in every_run if run not in sweeps]
-    cells = sorted((run.data.tags["dim"], run.data.tags["index"], run.data.tags["protocol"]) for run in runs)
+    cells = sorted((run.data.tags["dim"], run.data.tags["index"], run.data.tags["protocol"]) for run in runs
+                   if run.data.tags["rerank"] == "none")
     assert cells == sorted((dim, index, protocol) for dim in ("8", "full") for index in ("annoy", "brute")
                            for protocol in ("book", "heldout"))
+    reranked = sorted((run.data.tags["dim"], run.data.tags["rerank"], run.data.tags["protocol"]) for run in runs
+                      if run.data.tags["rerank"] != "none")
+    assert reranked == sorted((dim, rerank, protocol) for dim in ("8", "full") for rerank in ("aqe", "k_reciprocal")
+                              for protocol in ("book", "heldout"))
     head = _run(["git", "rev-parse", "HEAD"], reproduced).stdout.strip()
     for run in runs:
         assert run.data.tags["backbone"] == "test_efficientnet"

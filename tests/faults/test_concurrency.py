@@ -100,7 +100,8 @@ def test_three_ris_runs_at_once_all_succeed_and_all_are_tracked(fresh_checkout: 
 
     client = MlflowClient(tracking_uri=f"sqlite:///{fresh_checkout / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("ris").experiment_id])
-    assert len(runs) == PROCESSES * 2  # one cell, two protocols, per process
+    # One brute cell, two protocols, per process; and eval.rerank's two rerankers on it, two protocols each.
+    assert len(runs) == PROCESSES * (2 + 2 * 2)
     assert {run.data.params["features.key"] for run in runs} == {stores[0].name}
 
 

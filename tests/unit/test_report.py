@@ -33,7 +33,9 @@ def test_cells_that_left_the_grid_leave_no_metric_files(tmp_path: Path, monkeypa
     raw["grid"] = {"dims": [8], "indexes": ["brute"]}
     params.write_text(yaml.safe_dump(raw))
     table = report.run(read_params(params))
-    assert len(table) == 2 * 1  # one cell, two protocols
+    # One cell, two protocols, each with one row per reranker eval.rerank measures on brute cells.
+    assert list(table["rerank"]) == ["none", "aqe", "k_reciprocal"] * 2
+    assert (tmp_path / "reports/results.md").read_text().count("brute + k_reciprocal") == 2
     assert [path.relative_to(tmp_path).as_posix() for path in (tmp_path / "reports/metrics").rglob("*.json")] == [
         "reports/metrics/test_efficientnet/8-brute.json"]
     assert not stray.parent.exists()

@@ -41,7 +41,8 @@ def test_multirun_sweeps_one_cell_per_job_into_one_mlflow_run_per_protocol(tmp_p
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("ris").experiment_id])
+    every_run = client.search_runs([client.get_experiment_by_name("ris").experiment_id])
+    runs = [run for run in every_run if run.data.tags["rerank"] == "none"]
     cells = sorted((run.data.tags["dim"], run.data.tags["index"], run.data.tags["protocol"]) for run in runs)
     assert cells == sorted((dim, index, protocol) for dim in ("4", "8") for index in ("annoy", "brute")
                            for protocol in ("book", "heldout"))
@@ -52,10 +53,19 @@ def test_multirun_sweeps_one_cell_per_job_into_one_mlflow_run_per_protocol(tmp_p
         assert run.data.metrics["queries"] == (15 if run.data.tags["protocol"] == "book" else 3)
     brute_recalls = [run.data.metrics["ann_recall_at_10"] for run in runs if run.data.tags["algorithm"] == "brute"]
     assert brute_recalls == [1.0] * 4
+    # eval.rerank measures its rerankers on brute cells: one more run per reranker and protocol, same metric names.
+    reranked = sorted((run.data.tags["dim"], run.data.tags["index"], run.data.tags["rerank"], run.data.tags["protocol"])
+                      for run in every_run if run.data.tags["rerank"] != "none")
+    assert reranked == sorted((dim, "brute", rerank, protocol) for dim in ("4", "8")
+                              for rerank in ("aqe", "k_reciprocal") for protocol in ("book", "heldout"))
+    for run in every_run:
+        if run.data.tags["rerank"] != "none":
+            assert run.data.params["rerank.method"] == run.data.tags["rerank"]
+            assert 0.0 <= run.data.metrics["map_at_r"] <= 1.0 and run.data.metrics["latency_p50_us"] > 0
 
     main(["run", "grid.dims=full", "grid.indexes=brute", *_tiny_overrides(images)])  # reuses the store
     assert len(extractions) == 1
-    assert len(client.search_runs([client.get_experiment_by_name("ris").experiment_id])) == 10
+    assert len(client.search_runs([client.get_experiment_by_name("ris").experiment_id])) == 10 + 8 + 4
 
 
 def test_bad_value_is_rejected_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -52,9 +52,19 @@ def cell_metrics() -> list[MetricSpec]:
             MetricSpec("qps", "QPS", "qps", "single-thread queries per second (1 / mean latency)")]
 
 
+def rerank_metrics() -> list[MetricSpec]:
+    """The metrics of a reranker on a grid cell (over the cell's index; its accuracy is per protocol)."""
+    latency = [spec for spec in cell_metrics() if spec.unit in ("us", "qps")]
+    return [*latency,
+            MetricSpec("rerank_prepare_seconds", "rerank prep s", "seconds",
+                       "one-off work over the gallery before the first query (k-reciprocal: its neighbour lists)"),
+            MetricSpec("rerank_evaluate_seconds", "rerank eval s", "seconds",
+                       "time to prepare, time and evaluate the reranker on the cell under every protocol")]
+
+
 def format_value(spec: MetricSpec, value: float | None) -> str:
-    """``value`` as people read it in a results table."""
-    if value is None:
+    """``value`` as people read it in a results table (blank when missing)."""
+    if value is None or value != value:  # None or NaN: a metric the row does not have
         return ""
     if spec.unit == "ratio":
         return f"{100 * value:.2f} %"

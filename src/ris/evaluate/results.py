@@ -1,6 +1,7 @@
 """The results table: one row per evaluated cell and protocol, for machines (CSV) and for people (Markdown).
 
-Columns, their titles and formats come from :mod:`ris.evaluate.declarations`, so any ``eval.k`` shows up.
+Columns, their titles and formats come from :mod:`ris.evaluate.declarations`, so any ``eval.k`` shows up. A cell
+with re-ranking measured (``eval.rerank``) has one more row per reranker and protocol, after its own.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from pathlib import Path
 import pandas as pd
 
 from ris.artifacts import ArtifactError
-from ris.config import AUTO_DIM, EvalConfig
-from ris.evaluate.declarations import cell_metrics, format_value, protocol_metrics
+from ris.config import AUTO_DIM, NO_RERANK, EvalConfig
+from ris.evaluate.declarations import cell_metrics, format_value, protocol_metrics, rerank_metrics
 from ris.evaluate.protocols import PROTOCOLS
 
-KEYS = ["backbone", "dim", "index", "family", "protocol"]
+KEYS = ["backbone", "dim", "index", "family", "rerank", "protocol"]
+RERANK_SETTINGS = "rerank_settings"
+"""The column that names each reranker's method and settings (empty for rows without re-ranking)."""
 
 
 def results_table(metrics_files: Iterable[Path], cfg: EvalConfig) -> pd.DataFrame:
-    """One row per (cell, protocol) of the metrics files written by the evaluate stage, in the order given."""
-    columns = [spec.key for spec in [*protocol_metrics(cfg), *cell_metrics()]]
+    """One row per (cell, protocol) of the metrics files written by the evaluate stage, in the order given, each
+    followed by one row per reranker measured on the cell (its latency in place of the index's)."""
+    columns = list(dict.fromkeys(spec.key for spec in [*protocol_metrics(cfg), *cell_metrics(), *rerank_metrics()]))
     rows = []
     for path in metrics_files:
         if not path.is_file():
@@ -29,14 +33,21 @@ def results_table(metrics_files: Iterable[Path], cfg: EvalConfig) -> pd.DataFram
         report = json.loads(path.read_text())
         for protocol in cfg.protocols:
             metrics = {**report["protocols"][protocol], **report["cell"]}
-            rows.append({"backbone": report["backbone"], "dim": report["dim"], "index": report["index"],
-                         "family": report["family"], "protocol": protocol,
-                         **{key: metrics.get(key) for key in columns}})
-    return pd.DataFrame(rows, columns=KEYS + columns)
+            keys = {"backbone": report["backbone"], "dim": report["dim"], "index": report["index"],
+                    "family": report["family"], "protocol": protocol}
+            rows.append({**keys, "rerank": NO_RERANK, **{key: metrics.get(key) for key in columns},
+                         RERANK_SETTINGS: ""})
+            for name, reranked in report.get("rerank", {}).items():
+                if protocol in reranked["protocols"]:
+                    metrics = {**report["cell"], **reranked["cell"], **reranked["protocols"][protocol]}
+                    rows.append({**keys, "rerank": name, **{key: metrics.get(key) for key in columns},
+                                 RERANK_SETTINGS: reranked["about"]})
+    return pd.DataFrame(rows, columns=[*KEYS, *columns, RERANK_SETTINGS])
 
 
 def to_markdown(table: pd.DataFrame, cfg: EvalConfig) -> str:
-    """The people-facing view: one table per protocol, titled and formatted as declared."""
+    """The people-facing view: one table per protocol, titled and formatted as declared; a reranked row names its
+    index ``index + reranker``, and a note under the table gives each reranker's settings."""
     shown_specs = [spec for spec in [*protocol_metrics(cfg), *cell_metrics()]
                    if spec.key not in ("queries", "gallery_size", "vector_dim")]
     sections = []
@@ -48,13 +59,26 @@ def to_markdown(table: pd.DataFrame, cfg: EvalConfig) -> str:
         heading = (f"### Protocol `{protocol}`: {PROTOCOLS[protocol].about} "
                    f"({int(first['queries']):,} queries, gallery of {int(first['gallery_size']):,})")
         shown = part[["backbone", "dim", "index"]].copy()
+        shown["index"] = [index if rerank == NO_RERANK else f"{index} + {rerank}"
+                          for index, rerank in zip(part["index"], part["rerank"], strict=True)]
         # "auto" (the PCA sweep's choice) shows the dimension it stood for.
         shown["dim"] = [f"{label} ({int(width)})" if label == AUTO_DIM else label
                         for label, width in zip(part["dim"], part["vector_dim"], strict=True)]
         for spec in shown_specs:
             shown[spec.title] = [format_value(spec, value) for value in part[spec.key]]
-        sections.append(f"{heading}\n\n{shown.to_markdown(index=False)}\n")
+        sections.append(f"{heading}\n\n{shown.to_markdown(index=False)}\n{_rerank_note(part)}")
     return "\n".join(sections)
+
+
+def _rerank_note(part: pd.DataFrame) -> str:
+    """What the reranked rows of a table are (empty when it has none)."""
+    reranked = part[part["rerank"] != NO_RERANK]
+    if reranked.empty:
+        return ""
+    settings = dict.fromkeys(zip(reranked["rerank"], reranked[RERANK_SETTINGS], strict=True))
+    named = "; ".join(f"`{name}`: {about}" for name, about in settings)
+    return (f"\nRows `index + reranker` re-rank that index's results ({named}); their latency includes every index "
+            "search the reranker makes.\n")
 
 
 def stale_metric_files(metrics_root: Path, current: Iterable[Path]) -> list[Path]:
