@@ -29,6 +29,9 @@ commands:
   run [-m] [OVERRIDES ...]           evaluate a grid in memory with Hydra, one MLflow run per cell and protocol
                                      (-m sweeps, e.g. -m grid.dims=64,128 grid.indexes=annoy,brute)
   compose [OVERRIDES ...]            write params.yaml: conf/ composed with Hydra, as `dvc exp run -S` does
+  bench search [--scale caltech|million] [--only GROUP ...]
+                                     every index family swept: recall@10 against QPS, build time, memory, the
+                                     wrapper against the raw library call -> reports/bench/search/ (JSON, PNG)
 
 A problem you can fix (a config key or value, a missing input) is one line on stderr and exit status 1 (2 for
 `ris search` when nothing could run); --debug (or RIS_DEBUG=1) shows the full traceback instead.
@@ -145,6 +148,12 @@ def run_command(command: str, rest: list[str]) -> None:
         from ris.search.command import main as search_main
 
         sys.exit(search_main(rest))
+    elif command == "bench":
+        if rest[:1] != ["search"]:
+            sys.exit("ris bench: the one benchmark is `ris bench search` (--help for its options)")
+        from ris.bench.command import main as bench_main
+
+        sys.exit(bench_main(rest[1:]))
     elif command == "stage":
         if rest[:1] in (["-h"], ["--help"]):
             print(f"ris stage NAME [--params params.yaml] [--dim D] [--index I]\nstages: {', '.join(STAGES)}")
