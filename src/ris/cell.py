@@ -19,7 +19,7 @@ from ris.embed.store import FeatureSet
 from ris.evaluate.declarations import cell_metrics
 from ris.evaluate.evaluation import evaluate_queries
 from ris.evaluate.latency import measure_latency
-from ris.evaluate.protocols import PROTOCOLS, QuerySet
+from ris.evaluate.protocols import PROTOCOLS, QuerySet, sample_queries
 from ris.evaluate.reranked import RerankResult, evaluate_rerankers
 from ris.index.base import NearestNeighbourIndex
 from ris.index.store import IndexStore
@@ -85,7 +85,8 @@ def evaluate_cell(cell: Cell, reduced: ReducedStore, index: IndexStore, labels: 
     protocols = {}
     searched_by: dict[str, tuple[NearestNeighbourIndex, QuerySet]] = {}
     for name in cfg.eval.protocols:
-        query_set = PROTOCOLS[name].select(labels, splits)
+        sample = cfg.eval.query_sample
+        query_set = sample_queries(PROTOCOLS[name].select(labels, splits), sample.size, sample.seed)
         searched = index.index
         if not query_set.gallery_is_everything(len(vectors)):
             searched = IndexStore.build(vectors[query_set.gallery], cell.index, {}).index

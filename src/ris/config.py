@@ -159,6 +159,15 @@ class LatencyConfig:
 
 
 @dataclass
+class QuerySampleConfig:
+    """At most ``size`` queries per protocol, a seeded sample (the gallery stays whole): evaluation time grows with
+    queries x gallery, so a collection of millions is evaluated on a sample. Null: every query."""
+
+    size: int | None = None
+    seed: int = 0
+
+
+@dataclass
 class EvalConfig:
     """Retrieval evaluation: which protocols, the k of each metric, and which re-ranking is measured where."""
 
@@ -168,6 +177,7 @@ class EvalConfig:
     ann_recall_k: int = 10  # recall@k of an approximate index against exact search; latency is timed at this k
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     rerank: RerankEvalConfig = field(default_factory=RerankEvalConfig)
+    query_sample: QuerySampleConfig = field(default_factory=QuerySampleConfig)
 
 
 @dataclass
@@ -367,6 +377,8 @@ def validate(cfg: Config) -> None:
     for position, k in enumerate(cfg.eval.recall_ks):
         _positive(f"eval.recall_ks[{position}]", k)
     _positive("eval.ann_recall_k", cfg.eval.ann_recall_k)
+    if cfg.eval.query_sample.size is not None:
+        _positive("eval.query_sample.size", cfg.eval.query_sample.size)
     _positive("eval.latency.queries", cfg.eval.latency.queries)
     _positive("eval.latency.threads", cfg.eval.latency.threads)
     _at_least_zero("eval.latency.warmup", cfg.eval.latency.warmup)

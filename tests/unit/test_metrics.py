@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from ris.config import EvalConfig, LatencyConfig
+from ris.cell import Cell, evaluate_cell
+from ris.config import Config, EvalConfig, IndexConfig, LatencyConfig, QuerySampleConfig
 from ris.evaluate.declarations import cell_metrics, format_value, protocol_metrics
 from ris.evaluate.evaluation import evaluate_queries
 from ris.evaluate.latency import measure_latency
@@ -21,9 +22,11 @@ from ris.evaluate.metrics import (
     recall_at_k,
     same_class,
 )
-from ris.evaluate.protocols import PROTOCOLS, QuerySet
-from ris.index import AnnoyIndex, BruteForceIndex
+from ris.evaluate.protocols import PROTOCOLS, QuerySet, sample_queries
+from ris.index import AnnoyIndex, BruteForceIndex, IndexStore
 from ris.index.base import NearestNeighbourIndex
+from ris.reduce import ReducedStore
+from ris.reduce.pca import FeatureReducer
 
 # Six points on a line; the gaps 1, 2, 4, 8, 16 make every point's distances to the others distinct (no ties).
 LINE = np.array([0.0, 1.0, 3.0, 7.0, 15.0, 31.0], dtype=np.float32)[:, None]
@@ -298,3 +301,32 @@ def test_format_value_by_unit() -> None:
 def test_query_set_knows_when_its_gallery_is_everything() -> None:
     assert QuerySet(np.arange(3), np.arange(3), True).gallery_is_everything(3)
     assert not QuerySet(np.arange(1), np.array([1, 2]), False).gallery_is_everything(3)
+
+
+def test_query_sample_is_seeded_sorted_and_keeps_the_gallery() -> None:
+    everything = QuerySet(np.arange(100), np.arange(100), leave_one_out=True)
+    sampled = sample_queries(everything, 30, seed=4)
+    assert len(sampled.queries) == 30 and np.all(np.diff(sampled.queries) > 0)
+    assert np.array_equal(sampled.queries, sample_queries(everything, 30, seed=4).queries)
+    assert not np.array_equal(sampled.queries, sample_queries(everything, 30, seed=5).queries)
+    assert sampled.gallery is everything.gallery and sampled.leave_one_out
+    assert sample_queries(everything, None, seed=0) is everything
+    assert sample_queries(everything, 100, seed=0) is everything
+
+
+def test_evaluate_cell_measures_a_sample_of_queries_when_asked() -> None:
+    """``eval.query_sample.size`` bounds the queries of every protocol; the gallery stays the whole collection."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 20)
+    vectors = (rng.normal(size=(6, 8))[labels] * 5 + rng.normal(size=(120, 8))).astype(np.float32)
+    splits = np.array(["train", "val", "test", "train", "train"] * 24)
+    cfg = Config()
+    cfg.eval.latency = LatencyConfig(queries=20, warmup=1)
+    cfg.eval.rerank.rerankers = []
+    cfg.eval.query_sample = QuerySampleConfig(size=15, seed=0)
+    cell = Cell("toy", None, "brute", IndexConfig("brute"))
+    reduced = ReducedStore(FeatureReducer(8, 8), vectors, {})
+    index = IndexStore.build(vectors, cell.index, {})
+    result = evaluate_cell(cell, reduced, index, labels, splits, cfg)
+    assert result.protocols["book"]["queries"] == 15 and result.protocols["book"]["gallery_size"] == 120
+    assert result.protocols["heldout"]["queries"] == 15 and result.protocols["heldout"]["gallery_size"] == 96

@@ -27,6 +27,14 @@ class QuerySet:
         return len(self.gallery) == rows and bool((self.gallery == np.arange(rows)).all())
 
 
+def sample_queries(query_set: QuerySet, size: int | None, seed: int) -> QuerySet:
+    """At most ``size`` of the set's queries, a seeded sample kept in row order; the gallery is unchanged."""
+    if size is None or len(query_set.queries) <= size:
+        return query_set
+    chosen = np.sort(np.random.default_rng(seed).choice(len(query_set.queries), size=size, replace=False))
+    return QuerySet(query_set.queries[chosen], query_set.gallery, query_set.leave_one_out)
+
+
 @dataclass(frozen=True)
 class Protocol:
     """A named way to pick queries and gallery from the collection's labels and (when needed) its split."""
