@@ -70,7 +70,9 @@ def candidates(scale: str, build_threads: int) -> list[Candidate]:
 RAW_CALLS: dict[str, Callable[[Any, np.ndarray, int], Any]] = {
     "brute": lambda index, query, k: faiss.knn(query, index._vectors, k),
     "hnsw": lambda index, query, k: index._graph.knn_query(query, k=k),
-    "annoy": lambda index, query, k: index._annoy.get_nns_by_vector(query[0], k, int(index.params["search_k"]),
+    # A list, as ris passes it: Annoy reads a list faster than a numpy row, so this is the stricter comparison.
+    "annoy": lambda index, query, k: index._annoy.get_nns_by_vector(query[0].tolist(), k,
+                                                                    int(index.params["search_k"]),
                                                                     include_distances=True),
     "faiss": lambda index, query, k: index._index.search(query, k),
 }
@@ -143,10 +145,10 @@ def measure_candidate(folder: Path, candidate: Candidate, k: int, build_threads:
     """Build ``candidate`` over the collection in ``folder`` and sweep its search ladder (run in a fresh process,
     so that the peak memory is this index's)."""
     collection = BenchCollection.load(folder)
-    gallery = np.ascontiguousarray(collection.gallery)  # read into memory before the baseline
+    gallery = np.ascontiguousarray(collection.gallery)  # still memory-mapped: the build reads it in
     queries = np.ascontiguousarray(collection.queries)
     truth = np.asarray(collection.truth)
-    data_mb = peak_rss_mb()
+    data_mb = peak_rss_mb()  # the process before the build; its peak adds the index and the gallery's pages
     faiss.omp_set_num_threads(build_threads)
     # Built as the pipeline builds it, tuned to the catalogue's operating point on the way (not timed).
     index = index_family(candidate.family)(gallery.shape[1], **candidate.params)

@@ -12,6 +12,7 @@ outside queries 0.91-0.94). Other families (Annoy, faiss HNSW) tune on member qu
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ import numpy as np
 from ris.config import OperatingPointConfig
 from ris.index.base import NearestNeighbourIndex, as_float32
 from ris.index.brute import BruteForceIndex
+
+log = logging.getLogger("ris.index")
 
 HELD_OUT = "held out of the build, added after tuning"
 MEMBERS = "collection members, each leaving itself out"
@@ -79,8 +82,12 @@ def walk_ladder(index: NearestNeighbourIndex, queries: np.ndarray, exact: np.nda
         if recall >= point.target_recall:
             break
     assert point.target_recall is not None
-    return Tuning(point.target_recall, k, len(queries), queries_from, dict(ladder[len(tried) - 1]), recall,
-                  recall >= point.target_recall, time.perf_counter() - started, tried)
+    tuning = Tuning(point.target_recall, k, len(queries), queries_from, dict(ladder[len(tried) - 1]), recall,
+                    recall >= point.target_recall, time.perf_counter() - started, tried)
+    if not tuning.met:  # e.g. product quantisation, whose codes cap recall whatever is scanned
+        log.warning("%s: no setting reaches recall@%d %.2f (best %.3f at %s); kept the most exact", index.name, k,
+                    point.target_recall, recall, tuning.chosen)
+    return tuning
 
 
 def tune_to_recall(index: NearestNeighbourIndex, vectors: np.ndarray, point: OperatingPointConfig) -> Tuning | None:
