@@ -272,3 +272,29 @@ def test_annoy_on_disk_build_gives_the_same_forest_and_saves_by_moving_the_file(
     leftover = unsaved._build_file
     del unsaved
     assert leftover is not None and not leftover.exists()
+
+
+@pytest.mark.parametrize(("family", "params"), [("brute", {}), ("hnsw", {}), ("annoy", {"n_trees": 5}),
+                                                ("faiss", {"factory": "IVF8,Flat", "nprobe": 8}),
+                                                ("kd_tree", {}), ("ball_tree", {})])
+def test_every_family_takes_queries_in_any_float_layout(family: str, params: dict) -> None:
+    """The lean search paths hand queries to the libraries as they come: 1-D, float64 and strided queries give
+    the same answers as a contiguous float32 matrix."""
+    gallery, queries = _clustered(300, seed=1), _clustered(6, seed=2)
+    index = index_family(family).build(gallery, **params)
+    expected_ids, expected_distances = index.search(queries, 5)
+    strided = np.repeat(queries, 2, axis=1)[:, ::2]
+    for variant in (queries.astype(np.float64), strided):
+        ids, distances = index.search(variant, 5)
+        assert np.array_equal(ids, expected_ids) and np.allclose(distances, expected_distances, rtol=1e-5)
+    ids, distances = index.search(queries[0], 5)
+    assert ids.shape == (1, 5) and np.array_equal(ids[0], expected_ids[0])
+    assert ids.dtype == np.int64 and distances.dtype == np.float32
+
+
+def test_faiss_pads_with_minus_one_and_infinity_when_the_lists_probed_hold_too_few() -> None:
+    gallery = _clustered(200, seed=1)
+    index = index_family("faiss").build(gallery, factory="IVF16,Flat", nprobe=1)
+    ids, distances = index.search(gallery[:5], 150)
+    assert (ids == -1).any(), "one probed list of 16 should hold fewer than 150 of 200 vectors"
+    assert np.all(np.isinf(distances[ids == -1])) and np.all(np.isfinite(distances[ids >= 0]))

@@ -34,6 +34,7 @@ class AnnoyIndex(NearestNeighbourIndex):
         self._annoy = _Annoy(dim, metric)
         self._annoy.set_seed(int(self.params["seed"]))
         self._size = 0
+        self._apply_search_params()
         self._build_file: Path | None = None
         if self.params["on_disk_build"]:
             with tempfile.NamedTemporaryFile(prefix="ris-annoy-", suffix=".ann", delete=False) as handle:
@@ -51,10 +52,17 @@ class AnnoyIndex(NearestNeighbourIndex):
     def __len__(self) -> int:
         return self._size
 
+    def _apply_search_params(self) -> None:
+        self._search_k = int(self.params["search_k"])  # read once here, not on every search
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        search_k = int(self.params["search_k"])
         # Annoy reads a query element by element: a Python list is read faster than a numpy row (a few us).
-        found = [self._annoy.get_nns_by_vector(query.tolist(), k, search_k, include_distances=True)
+        if queries.ndim == 2 and len(queries) == 1:  # one query, the serving case: no loop, no padding to check
+            ids, distances = self._annoy.get_nns_by_vector(queries[0].tolist(), k, self._search_k,
+                                                           include_distances=True)
+            if len(ids) == k:
+                return np.array([ids], dtype=np.int64), np.array([distances], dtype=np.float32)
+        found = [self._annoy.get_nns_by_vector(query.tolist(), k, self._search_k, include_distances=True)
                  for query in self.prepare(queries)]
         if all(len(ids) == k for ids, _ in found):  # the usual case: one conversion per array, no padding
             return (np.array([ids for ids, _ in found], dtype=np.int64),

@@ -69,11 +69,15 @@ class HnswIndex(NearestNeighbourIndex):
         return self._size
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        # Lean on purpose: at ~10 us a query, each numpy call here would cost ris's wrapper 5 % over hnswlib.
+        # Lean on purpose: a query takes ~10 us at Caltech101 scale, and each Python or numpy call here ~0.3 us.
+        # hnswlib reads any float array itself (1-D, float64, strided), so Euclidean queries go to it as they are.
+        if k <= self._size and self.metric == "euclidean":
+            labels, squared = self._graph.knn_query(queries, k=k)
+            return labels.view(np.int64), np.sqrt(squared, out=squared)  # uint64 ids < 2**63; squares never < 0
         k_found = min(k, self._size)
         labels, squared = self._graph.knn_query(self.prepare(queries), k=k_found)
-        ids = labels.view(np.int64)  # uint64 labels, all below 2**63: the same bits
-        distances = np.sqrt(squared, out=squared)  # sums of squares: never negative
+        ids = labels.view(np.int64)
+        distances = np.sqrt(squared, out=squared)
         if k_found < k:  # a gallery smaller than k: pad as every family does
             ids = np.pad(ids, ((0, 0), (0, k - k_found)), constant_values=-1)
             distances = np.pad(distances, ((0, 0), (0, k - k_found)), constant_values=np.inf)
