@@ -83,7 +83,8 @@ def test_valid_overrides(overrides: list[str]) -> None:
     (["eval.recall_ks=[5,0]"], "eval.recall_ks[1]", None),
     (["data.split.test=0"], "data.split.train' and 'data.split.test", None),
     (["data.split.train=0.7"], "data.split.train/val/test", None),
-    (["+indexes.annoy.params.n_trees2=3"], "indexes.annoy.params.n_trees2", "n_trees, search_k, seed, build_threads"),
+    (["+indexes.annoy.params.n_trees2=3"], "indexes.annoy.params.n_trees2",
+     "n_trees, search_k, search_k_factor, seed, build_threads"),
     (["+indexes.brute.params.n_trees=3"], "indexes.brute.params.n_trees", "none"),
     (["+indexes.hnsw.params.ef_search=3"], "indexes.hnsw.params.ef_search", "M, ef_construction, ef, seed"),
 ])

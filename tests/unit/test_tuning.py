@@ -108,3 +108,18 @@ def test_store_tunes_on_held_out_rows_where_the_family_can_add_them_later(family
     store.index.set_search_params(**store.index.search_ladder(10)[-1])  # the most exact setting
     ids, distances = store.index.search(vectors, 1)
     assert (ids[:, 0] == np.arange(len(vectors))).mean() > 0.99 and np.median(distances) < 1e-3
+
+
+def test_annoy_tunes_a_budget_per_result_so_deep_queries_are_not_starved() -> None:
+    """Tuned at k = 10, Annoy keeps its budget per result: asked for 200 (as MAP@R asks), it inspects 20 times the
+    nodes and keeps its recall, where the same fixed search_k would find far fewer of the true 200."""
+    vectors = _hard(3000)
+    index = index_family("annoy").build(vectors, n_trees=10)
+    tuning = tune_to_recall(index, vectors, OperatingPointConfig(target_recall=0.9, queries=100))
+    assert tuning is not None and tuning.met and tuning.chosen["search_k"] == -1
+    queries, exact = vectors[:50], index_family("brute").build(vectors).search(vectors[:50], 200)[0]
+    deep = recall_at_k(index.search(queries, 200)[0], exact)
+    fixed = int(tuning.chosen["search_k_factor"] * 10 * 10)
+    index.set_search_params(search_k=fixed)
+    starved = recall_at_k(index.search(queries, 200)[0], exact)
+    assert deep >= 0.85 and starved < deep - 0.2

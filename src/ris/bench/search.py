@@ -71,9 +71,9 @@ RAW_CALLS: dict[str, Callable[[Any, np.ndarray, int], Any]] = {
     "brute": lambda index, query, k: faiss.knn(query, index._vectors, k),
     "hnsw": lambda index, query, k: index._graph.knn_query(query, k=k),
     # A list, as ris passes it: Annoy reads a list faster than a numpy row, so this is the stricter comparison.
-    "annoy": lambda index, query, k: index._annoy.get_nns_by_vector(query[0].tolist(), k,
-                                                                    int(index.params["search_k"]),
-                                                                    include_distances=True),
+    "annoy": lambda index, query, k: index._annoy.get_nns_by_vector(
+        query[0].tolist(), k, int(index.params["search_k_factor"] * index.params["n_trees"] * k),
+        include_distances=True),
     "faiss": lambda index, query, k: index._index.search(query, k),
 }
 

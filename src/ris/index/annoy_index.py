@@ -13,21 +13,25 @@ from annoy import AnnoyIndex as _Annoy
 from ris.index.base import NearestNeighbourIndex, as_float32
 from ris.index.registry import register_index
 
-# search_k as multiples of Annoy's own default (n_trees * k), by about sqrt(2): at a million vectors the default
-# finds under a third of the true neighbours (README, "Operating points").
+# Multiples of Annoy's own default search_k (n_trees * k), by about sqrt(2): at a million vectors the default finds
+# under a third of the true neighbours (README, "Operating points").
 SEARCH_K_FACTORS = tuple(round(2 ** (step / 2), 2) for step in range(21))  # 1 ... 1024
 
 
 @register_index
 class AnnoyIndex(NearestNeighbourIndex):
-    """Approximate k-NN; ``n_trees`` trades build time and size for recall, ``search_k`` (-1: n_trees * k) trades
-    query time for recall. ``on_disk_build`` builds the forest in a memory-mapped file instead of memory (for
-    collections larger than memory), in ``$TMPDIR`` until the index is saved."""
+    """Approximate k-NN; ``n_trees`` trades build time and size for recall, the nodes inspected per query trade
+    query time for recall: ``search_k`` when above 0, else ``search_k_factor * n_trees * k`` (1: Annoy's default).
+
+    The factor is what tuning sets: it grows with the k asked for, so a deep query (MAP@R asks for hundreds) gets a
+    proportional budget, as Annoy's default does, where a fixed ``search_k`` tuned at k = 10 would starve it.
+    ``on_disk_build`` builds the forest in a memory-mapped file instead of memory (for collections larger than
+    memory), in ``$TMPDIR`` until the index is saved."""
 
     name: ClassVar[str] = "annoy"
-    defaults: ClassVar[dict[str, Any]] = {"n_trees": 100, "search_k": -1, "seed": 0, "build_threads": 1,
-                                          "on_disk_build": False}
-    search_settings: ClassVar[tuple[str, ...]] = ("search_k",)
+    defaults: ClassVar[dict[str, Any]] = {"n_trees": 100, "search_k": -1, "search_k_factor": 1.0, "seed": 0,
+                                          "build_threads": 1, "on_disk_build": False}
+    search_settings: ClassVar[tuple[str, ...]] = ("search_k", "search_k_factor")
 
     def __init__(self, dim: int, metric: str = "euclidean", **params: Any) -> None:
         super().__init__(dim, metric, **params)
@@ -53,16 +57,18 @@ class AnnoyIndex(NearestNeighbourIndex):
         return self._size
 
     def _apply_search_params(self) -> None:
-        self._search_k = int(self.params["search_k"])  # read once here, not on every search
+        # Read once here, not on every search: the nodes per result (or the fixed budget, when search_k > 0).
+        self._search_k = int(self.params["search_k"])
+        self._per_result = float(self.params["search_k_factor"]) * int(self.params["n_trees"])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        search_k = self._search_k if self._search_k > 0 else int(self._per_result * k)
         # Annoy reads a query element by element: a Python list is read faster than a numpy row (a few us).
         if queries.ndim == 2 and len(queries) == 1:  # one query, the serving case: no loop, no padding to check
-            ids, distances = self._annoy.get_nns_by_vector(queries[0].tolist(), k, self._search_k,
-                                                           include_distances=True)
+            ids, distances = self._annoy.get_nns_by_vector(queries[0].tolist(), k, search_k, include_distances=True)
             if len(ids) == k:
                 return np.array([ids], dtype=np.int64), np.array([distances], dtype=np.float32)
-        found = [self._annoy.get_nns_by_vector(query.tolist(), k, self._search_k, include_distances=True)
+        found = [self._annoy.get_nns_by_vector(query.tolist(), k, search_k, include_distances=True)
                  for query in self.prepare(queries)]
         if all(len(ids) == k for ids, _ in found):  # the usual case: one conversion per array, no padding
             return (np.array([ids for ids, _ in found], dtype=np.int64),
@@ -75,8 +81,7 @@ class AnnoyIndex(NearestNeighbourIndex):
         return ids, distances
 
     def search_ladder(self, k: int) -> list[dict[str, Any]]:
-        base = int(self.params["n_trees"]) * k
-        return [{"search_k": int(base * factor)} for factor in SEARCH_K_FACTORS]
+        return [{"search_k": -1, "search_k_factor": factor} for factor in SEARCH_K_FACTORS]
 
     def _save_data(self, folder: Path) -> None:
         if self._build_file is None:
