@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-slow params search-examples mlflow-ui clean-venv
+.PHONY: install repro test test-slow params search-examples scale mlflow-ui clean-venv
 
 install: $(INSTALLED)
 
@@ -36,6 +36,13 @@ search-examples: $(INSTALLED)  ## after `make repro`: result grids for three out
 	mkdir -p reports/search
 	ris search $(EXAMPLES) -k 10 --grid-dir reports/search --json > reports/search/results.json.partial
 	mv reports/search/results.json.partial reports/search/results.json
+
+scale: $(INSTALLED)  ## after `make repro`: per-image cost of every stage here, and a million images' (reports/scale.json)
+	python -m ris.scale
+
+bench-search: $(INSTALLED)  ## after `make repro`: every index family at Caltech101 scale and at 1M vectors -> reports/bench/search/
+	ris bench search --scale caltech
+	ris bench search --scale million
 
 mlflow-ui: $(INSTALLED)  ## browse every tracked run at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
