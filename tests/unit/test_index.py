@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from naive_search import naive_search
 
 from ris.artifacts import ArtifactError
 from ris.config import IndexConfig
@@ -38,17 +39,6 @@ def _clustered(rows: int, seed: int, clusters: int = 20, spread: float = 1.0) ->
     return (centres[rng.integers(0, clusters, rows)] + rng.normal(0.0, spread, (rows, DIM))).astype(np.float32)
 
 
-def _naive(gallery: np.ndarray, queries: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Full float64 distance matrix, every row argsorted: the reference exact search."""
-    gallery, queries = gallery.astype(np.float64), queries.astype(np.float64)
-    if metric == "angular":
-        gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    full = np.linalg.norm(queries[:, None, :] - gallery[None, :, :], axis=2)
-    order = np.argsort(full, axis=1)
-    return order, np.take_along_axis(full, order, axis=1)
-
-
 EXACT_FAMILIES = ["brute", "kd_tree", "ball_tree"]
 
 
@@ -58,7 +48,7 @@ def test_exact_families_equal_naive_argsort(metric: str, family: str) -> None:
     """Exact search returns the numpy argsort of the full distance matrix, for many queries and for one."""
     gallery, queries = _gaussian(120, seed=1), _gaussian(30, seed=2)
     k = 10
-    expected_ids, expected_distances = _naive(gallery, queries, metric)
+    expected_ids, expected_distances = naive_search(gallery, queries, metric)
     # Precondition on the data: gaps among the first k + 1 far above float32 rounding (~1e-6), so the order is unique.
     assert np.diff(expected_distances[:, :k + 1], axis=1).min() > 2e-5
 
@@ -79,7 +69,7 @@ def test_brute_whole_gallery_is_sorted() -> None:
     """k equal to the gallery size (no argpartition) still orders every item nearest first."""
     gallery, queries = _gaussian(25, seed=3), _gaussian(4, seed=4)
     ids, distances = BruteForceIndex.build(gallery).search(queries, 25)
-    expected_ids, expected_distances = _naive(gallery, queries, "euclidean")
+    expected_ids, expected_distances = naive_search(gallery, queries, "euclidean")
     assert np.diff(expected_distances, axis=1).min() > 2e-5  # no near-ties in the data
     np.testing.assert_array_equal(ids, expected_ids)
     np.testing.assert_allclose(distances, expected_distances, rtol=1e-4, atol=1e-4)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from naive_search import naive_search
 
 from ris.artifacts import ArtifactError
 from ris.config import IndexConfig
@@ -32,16 +33,6 @@ def _clustered(rows: int, seed: int, clusters: int = 20) -> np.ndarray:
     return (centres[rng.integers(0, clusters, rows)] + rng.normal(0.0, 1.0, (rows, DIM))).astype(np.float32)
 
 
-def _naive(gallery: np.ndarray, queries: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    gallery, queries = gallery.astype(np.float64), queries.astype(np.float64)
-    if metric == "angular":
-        gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    full = np.linalg.norm(queries[:, None, :] - gallery[None, :, :], axis=2)
-    order = np.argsort(full, axis=1)
-    return order, np.take_along_axis(full, order, axis=1)
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """A Milvus server URI: Milvus Lite's gRPC server on a free local port, speaking the Milvus protocol."""
@@ -57,7 +48,7 @@ def server(tmp_path: Path) -> Iterator[str]:
 def test_flat_is_exact(metric: str) -> None:
     """FLAT returns the numpy argsort of the full distance matrix, with real (not squared) distances."""
     gallery, queries = _gaussian(120, seed=1), _gaussian(30, seed=2)
-    expected_ids, expected_distances = _naive(gallery, queries, metric)
+    expected_ids, expected_distances = naive_search(gallery, queries, metric)
     assert np.diff(expected_distances[:, :11], axis=1).min() > 2e-5  # a unique order
 
     index = MilvusIndex.build(gallery, metric, index_type="FLAT")
@@ -192,7 +183,7 @@ def test_server_uri_saves_a_reference_and_reconnects(tmp_path: Path, server: str
         assert len(loaded.index) == 200 and len(other) == 50
         after = loaded.index.search(queries, 5)
         np.testing.assert_array_equal(after[0], before[0])
-        np.testing.assert_array_equal(after[0], _naive(gallery, queries, "euclidean")[0][:, :5])
+        np.testing.assert_array_equal(after[0], naive_search(gallery, queries, "euclidean")[0][:, :5])
     finally:
         loaded.index.close()
         other.close()
