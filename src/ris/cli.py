@@ -51,6 +51,7 @@ def compose_config(overrides: Sequence[str], conf_dir: Path | None = None) -> tu
 
     from ris.checks import checked_config
     from ris.config import ConfigError, unknown_key_message
+    from ris.finetune.losses import check_loss
     from ris.paths import conf_dir as default_conf_dir
 
     root = (conf_dir or default_conf_dir()).resolve()
@@ -78,6 +79,7 @@ def compose_config(overrides: Sequence[str], conf_dir: Path | None = None) -> tu
             raise ConfigError(unknown_key_message(key, known)) from error
     OmegaConf.resolve(composed)
     cfg = checked_config(composed, check_model=True)  # type: ignore[arg-type]
+    check_loss(cfg.finetune.loss.name)
     # dvc.yaml's matrix stages need lists: a single grid value is written as a one-element list.
     composed.grid.dims, composed.grid.indexes = cfg.grid.dims, cfg.grid.indexes
     return composed, cfg
@@ -156,7 +158,8 @@ def run_command(command: str, rest: list[str]) -> None:
         sys.exit(bench_main(rest[1:]))
     elif command == "stage":
         if rest[:1] in (["-h"], ["--help"]):
-            print(f"ris stage NAME [--params params.yaml] [--dim D] [--index I]\nstages: {', '.join(STAGES)}")
+            print("ris stage NAME [--params params.yaml] [--dim D] [--index I] [--training T]\n"
+                  f"stages: {', '.join(STAGES)}")
             return
         if not rest or rest[0] not in STAGES:
             sys.exit(f"ris stage: name one of {', '.join(STAGES)}")

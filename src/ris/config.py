@@ -79,6 +79,8 @@ class BackboneConfig:
     num_workers: int = 2
     precision: str = "32-true"
     accelerator: str = "auto"
+    # Where the backbone's last blocks begin (a module name, in forward order): what `finetune.depth=blocks` trains.
+    tail_from: str | None = None
 
 
 @dataclass
@@ -212,6 +214,47 @@ class TrackingConfig:
 
 
 @dataclass
+class LossConfig:
+    """A training loss of :mod:`ris.finetune.losses`, by name, with its settings."""
+
+    name: str = "proxy_anchor"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneConfig:
+    """How the backbone is fine-tuned (the ``finetune`` stage) and where the result is evaluated.
+
+    ``depth``: ``head`` trains a projection on the frozen backbone's embeddings, ``blocks`` also trains the
+    backbone's last blocks (from ``backbone.tail_from``), ``full`` trains the whole network. ``inputs``: ``cached``
+    trains on what the frozen part computes once (embeddings, or the activations entering the last blocks), which
+    is what makes a fine-tune take minutes on a CPU; ``images`` reads images with timm's training augmentation
+    (``full`` needs it; a GPU recipe).
+    """
+
+    depth: str = "head"
+    inputs: str = "cached"
+    embedding_dim: int | None = 256  # width of the learned projection; null: the backbone's own width, no projection
+    hidden_dim: int | None = None  # a hidden layer in the projection (batch norm + ReLU); null: a linear projection
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-2  # the projection's and the loss's own parameters (class weights, proxies)
+    backbone_lr: float = 1e-3  # the backbone's trained blocks
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1  # linear warm-up, then cosine decay to zero
+    patience: int = 3  # early stopping: epochs without a better val MAP@R
+    hflip: bool = True  # flip training inputs left-right (images, or the cached activation maps)
+    activation_crop: float | None = None  # cached maps: random windows, each side >= this share, resized back
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm's RandAugment, for inputs=images
+    precision: str = "auto"  # auto: 16-mixed on a GPU, 32-true on a CPU
+    accelerator: str = "auto"
+    num_workers: int = 2
+    seed: int = 0
+    trainings: list[str] = field(default_factory=lambda: ["heldout", "unseen-classes"])
+
+
+@dataclass
 class PathsConfig:
     """Deterministic output locations (never Hydra's timestamped run folders)."""
 
@@ -231,6 +274,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -239,6 +283,9 @@ METRICS = ("euclidean", "angular")
 REDUCE_METHODS = ("pca",)  # `full` in grid.dims keeps the embedding unreduced
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+FINETUNE_DEPTHS = ("head", "blocks", "full")
+FINETUNE_INPUTS = ("cached", "images")
+FINETUNE_TRAININGS = ("heldout", "unseen-classes")
 
 
 def load_config(raw: dict[str, Any] | DictConfig) -> Config:
@@ -394,8 +441,39 @@ def validate(cfg: Config) -> None:
     _choice("backbone.precision", cfg.backbone.precision, PRECISIONS)
     _choice("backbone.accelerator", cfg.backbone.accelerator, ACCELERATORS)
     _check_split(cfg.data.split)
+    _check_finetune(cfg.finetune, cfg.backbone)
     if not (cfg.data.url or cfg.data.archive or cfg.data.source_dir or _env_source()):
         raise ConfigError("config keys 'data.url', 'data.archive' and 'data.source_dir' are all empty; set one")
+
+
+def _check_finetune(finetune: FinetuneConfig, backbone: BackboneConfig) -> None:
+    _choice("finetune.depth", finetune.depth, FINETUNE_DEPTHS)
+    _choice("finetune.inputs", finetune.inputs, FINETUNE_INPUTS)
+    if finetune.depth == "full" and finetune.inputs == "cached":
+        raise ConfigError("config key 'finetune.inputs' is 'cached', but finetune.depth=full trains every layer, so "
+                          "nothing can be computed once: set finetune.inputs=images")
+    if finetune.depth == "blocks" and not backbone.tail_from:
+        raise ConfigError(f"config key 'backbone.tail_from' is empty, but finetune.depth=blocks needs it: name the "
+                          f"module where {backbone.name}'s last blocks begin (or use finetune.depth=head)")
+    if finetune.depth == "head" and finetune.embedding_dim is None:
+        raise ConfigError("config key 'finetune.embedding_dim' is null, but finetune.depth=head trains only the "
+                          "projection: give it a width")
+    if finetune.embedding_dim is not None:
+        _positive("finetune.embedding_dim", finetune.embedding_dim)
+    for key in ("epochs", "batch_size"):
+        _positive(f"finetune.{key}", getattr(finetune, key))
+    for key in ("warmup_epochs", "patience", "num_workers"):
+        _at_least_zero(f"finetune.{key}", getattr(finetune, key))
+    for key in ("lr", "backbone_lr"):
+        if getattr(finetune, key) <= 0:
+            raise ConfigError(f"config key 'finetune.{key}' is {getattr(finetune, key)!r}; it must be above 0")
+    if finetune.activation_crop is not None and not 0.0 < finetune.activation_crop <= 1.0:
+        raise ConfigError(f"config key 'finetune.activation_crop' is {finetune.activation_crop!r}; it must be above 0 "
+                          "and at most 1 (or null)")
+    _choice("finetune.precision", finetune.precision, ("auto", *PRECISIONS))
+    _choice("finetune.accelerator", finetune.accelerator, ACCELERATORS)
+    for position, training in enumerate(finetune.trainings):
+        _choice(f"finetune.trainings[{position}]", training, FINETUNE_TRAININGS)
 
 
 def _env_source() -> str | None:

@@ -111,6 +111,26 @@ class PipelinePaths:
     def metrics_file(self, dim: Dim, index: str) -> Path:
         return self.reports_dir / "metrics" / self.cfg.backbone.name / f"{dim_label(dim)}-{index}.json"
 
+    @property
+    def activation_cache(self) -> Path:
+        """Activations entering the backbone's last blocks, per backbone and key (computed once, not a DVC output)."""
+        return Path(self.cfg.paths.artifacts) / "cache" / "activations"
+
+    def finetuned_dir(self, training: str) -> Path:
+        """A fine-tune's outputs: ``model`` (the fine-tuned model), ``features`` (the collection embedded by it)
+        and ``index`` (the ``search.index`` entry built over them)."""
+        return Path(self.cfg.paths.artifacts) / "finetuned" / self.cfg.backbone.name / training
+
+    @property
+    def finetune_reports(self) -> Path:
+        return self.reports_dir / "finetune" / self.cfg.backbone.name
+
+    def finetune_training_report(self, training: str) -> Path:
+        return self.finetune_reports / "trainings" / f"{training}.json"
+
+    def finetune_history(self, training: str) -> Path:
+        return self.finetune_reports / "trainings" / f"{training}-history.csv"
+
 
 def remove_abandoned_staging(final: Path) -> None:
     """Delete the staging folders of ``final`` whose process is gone (killed midway); live ones are left alone."""

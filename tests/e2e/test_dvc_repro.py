@@ -22,7 +22,12 @@ pytestmark = pytest.mark.e2e
 TINY_OVERRIDES = ["data.exclude_classes=[class_03]", "backbone.name=test_efficientnet", "backbone.pretrained=false",
                   "backbone.num_workers=0", "backbone.batch_size=8", "eval.latency.queries=50",
                   "eval.latency.warmup=5", "indexes.annoy.params.n_trees=5",
-                  "grid.indexes=[brute,annoy]", "reduce.sweep.dims=[2,4,full]"]  # every family: test_index
+                  "grid.indexes=[brute,annoy]", "reduce.sweep.dims=[2,4,full]",  # every family: test_index
+                  # Two val images per class, so val MAP@R (the fine-tune's checkpoint selection) is defined; the
+                  # unseen-classes training needs more classes than three (tests/unit/test_finetune.py has it).
+                  "data.split.train=0.5", "data.split.val=0.34", "data.split.test=0.16",
+                  "backbone.tail_from=blocks.4", "finetune.trainings=[heldout]", "finetune.epochs=2",
+                  "finetune.batch_size=4", "finetune.embedding_dim=8", "finetune.num_workers=0"]
 
 
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -65,7 +70,7 @@ def test_repro_writes_every_output(reproduced: Path) -> None:
     assert extract["weights"]["kind"] == "random" and extract["preprocessing"]["input_size"] == [3, 160, 160]
     features = reproduced / "artifacts/features/test_efficientnet"
     assert pd.read_parquet(features / "rows.parquet")["class"].nunique() == 3
-    assert json.loads((reproduced / "reports/split.json").read_text())["images"] == {"train": 12, "val": 3, "test": 3}
+    assert json.loads((reproduced / "reports/split.json").read_text())["images"] == {"train": 9, "val": 6, "test": 3}
     for dim in ("full", "8"):
         assert (reproduced / f"artifacts/reduced/test_efficientnet/{dim}/reduced.json").exists()
         for index in ("brute", "annoy"):
@@ -107,7 +112,8 @@ def test_mlflow_has_one_tagged_run_per_cell_and_protocol(reproduced: Path) -> No
     every_run = client.search_runs([experiment.experiment_id])
     sweeps = [run for run in every_run if run.data.tags.get("stage") == "pca_sweep"]
     assert len(sweeps) == 1 and sweeps[0].data.metrics["chosen_dim"] >= 1  # the PCA sweep's own run
-    runs = [run for run in every_run if run not in sweeps]
+    tuned = [run for run in every_run if "finetune" in run.data.tags]
+    runs = [run for run in every_run if run not in sweeps and run not in tuned]
     cells = sorted((run.data.tags["dim"], run.data.tags["index"], run.data.tags["protocol"]) for run in runs
                    if run.data.tags["rerank"] == "none")
     assert cells == sorted((dim, index, protocol) for dim in ("8", "full") for index in ("annoy", "brute")
@@ -122,6 +128,34 @@ def test_mlflow_has_one_tagged_run_per_cell_and_protocol(reproduced: Path) -> No
         assert run.data.tags["git_commit"].startswith(head)
         assert "precision_at_4" in run.data.metrics and "latency_p50_us" in run.data.metrics
         assert run.data.params["index.family"] == run.data.tags["algorithm"]
+
+
+def test_finetune_trains_compares_reports_and_tracks(reproduced: Path) -> None:
+    """The fine-tune stages ran after the grid: a model, its re-embedded collection and index, the comparison on
+    the same queries (checked against the grid's own exact-search cell), curves, and MLflow runs with a model."""
+    from mlflow.tracking import MlflowClient
+
+    folder = reproduced / "artifacts/finetuned/test_efficientnet/heldout"
+    for part in ("model/model.safetensors", "features/embeddings.npy", "index/index.json"):
+        assert (folder / part).exists()
+    report = json.loads((reproduced / "reports/finetune/test_efficientnet/trainings/heldout.json").read_text())
+    assert set(report["protocols"]) == {"heldout", "book"} and report["protocols"]["book"]["leaky"]
+    assert report["embedding_dim"] == 8 and report["train_images"] == 9 and report["val_images"] == 6
+    grid = json.loads((reproduced / "reports/metrics/test_efficientnet/full-brute.json").read_text())
+    heldout = report["protocols"]["heldout"]
+    assert heldout["pretrained"]["map_at_r"] == pytest.approx(grid["protocols"]["heldout"]["map_at_r"])
+    assert heldout["finetuned"]["queries"] == heldout["pretrained"]["queries"] == 3
+    results = (reproduced / "reports/finetune/test_efficientnet/results.md").read_text()
+    assert "LEAKY" in results and (reproduced / "reports/finetune/test_efficientnet/curves.png").stat().st_size > 0
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{reproduced / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ris")
+    runs = [run for run in client.search_runs([experiment.experiment_id]) if "finetune" in run.data.tags]
+    (training,) = [run for run in runs if run.data.tags.get("kind") == "finetune"]
+    assert len(client.get_metric_history(training.info.run_id, "val/map_at_r")) == report["epochs_run"]
+    assert "heldout/finetuned/map_at_r" in training.data.metrics and training.data.params["finetune.depth"] == "blocks"
+    assert any(item.path == "model" for item in client.list_artifacts(training.info.run_id))
+    assert sorted(run.data.tags["protocol"] for run in runs if run is not training) == ["book", "heldout"]
 
 
 def test_second_repro_is_a_no_op(reproduced: Path) -> None:

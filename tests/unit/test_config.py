@@ -58,6 +58,8 @@ def test_every_backbone_composes(backbone: str) -> None:
                                        ["indexes.annoy.metric=angular", "grid.dims=[full,32,64]",
                                         "grid.indexes=[brute]"],
                                        ["eval.protocols=[heldout]", "eval.k=5", "eval.recall_ks=[2]"],
+                                       ["finetune=gpu"], ["finetune.depth=head", "finetune.loss.name=arcface"],
+                                       ["eval.protocols=[book,heldout,unseen-classes]"],
                                        ["+indexes.annoy_fast={family: annoy, params: {n_trees: 10}}",
                                         "grid.indexes=[annoy_fast]", "search.index=annoy_fast"]])
 def test_valid_overrides(overrides: list[str]) -> None:
@@ -87,6 +89,11 @@ def test_valid_overrides(overrides: list[str]) -> None:
      "n_trees, search_k, search_k_factor, seed, build_threads"),
     (["+indexes.brute.params.n_trees=3"], "indexes.brute.params.n_trees", "none"),
     (["+indexes.hnsw.params.ef_search=3"], "indexes.hnsw.params.ef_search", "M, ef_construction, ef, seed"),
+    (["finetune.depth=everything"], "finetune.depth", "head, blocks, full"),
+    (["finetune.depth=full"], "finetune.inputs", None),
+    (["backbone.tail_from=null"], "backbone.tail_from", None),
+    (["finetune.trainings=[all]"], "finetune.trainings[0]", "heldout, unseen-classes"),
+    (["finetune.lr=0"], "finetune.lr", None),
 ])
 def test_bad_values_rejected(overrides: list[str], key: str, allowed: str | None) -> None:
     """A bad key or value is a ConfigError naming the key, and the allowed values where they are a fixed set."""

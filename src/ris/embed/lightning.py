@@ -85,14 +85,16 @@ class ImageDataModule(pl.LightningDataModule):
 class FeatureMatrixWriter(BasePredictionWriter):
     """Writes each batch's embeddings into a memory-mapped ``.npy`` at their row numbers, as they arrive.
 
-    The matrix is created on the first batch (its width is the backbone's output) at ``path``; the caller renames it
-    into place once prediction has finished, so an interrupted run leaves no file at the final path.
+    The matrix is created on the first batch (its shape after the rows is the model's output: a width, or the
+    channels x height x width of activation maps) at ``path``, as ``dtype``; the caller renames it into place once
+    prediction has finished, so an interrupted run leaves no file at the final path.
     """
 
-    def __init__(self, path: Path, rows: int) -> None:
+    def __init__(self, path: Path, rows: int, dtype: type = np.float32) -> None:
         super().__init__(write_interval="batch")
         self.path = path
         self.rows = rows
+        self.dtype = dtype
         self.matrix: np.memmap | None = None
         self.written = 0
 
@@ -101,8 +103,8 @@ class FeatureMatrixWriter(BasePredictionWriter):
                            dataloader_idx: int = 0) -> None:
         features = prediction["features"].cpu().numpy()
         if self.matrix is None:
-            self.matrix = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32,
-                                                    shape=(self.rows, features.shape[1]))
+            self.matrix = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype,
+                                                    shape=(self.rows, *features.shape[1:]))
         self.matrix[prediction["rows"].cpu().numpy()] = features
         self.written += len(features)
 

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ris.artifacts import REBUILD, ArtifactError, read_description
+from ris.artifacts import REBUILD, ArtifactError, read_description, write_description
 from ris.locks import locked
+from ris.paths import atomic_folder
 
 EMBEDDINGS_FILE = "embeddings.npy"
 ROWS_FILE = "rows.parquet"
@@ -83,3 +84,20 @@ def stored_key(folder: Path) -> str | None:
         return str(json.loads((folder / META_FILE).read_text())["key"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def save_features(folder: Path, embeddings: np.ndarray, rows: pd.DataFrame, meta: dict[str, Any]) -> FeatureSet:
+    """Write an in-memory feature store into ``folder`` (atomically) and return it loaded, checked.
+
+    ``meta`` is the description without ``images`` and ``dim``, which come from ``embeddings``. Extraction writes
+    its stores chunk by chunk instead; this serves matrices that fit in memory (a fine-tuned model's embeddings).
+    """
+    matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if matrix.ndim != 2 or len(matrix) != len(rows):
+        raise ValueError(f"{matrix.shape} embeddings for {len(rows)} rows")
+    with atomic_folder(folder) as staging:
+        np.save(staging / EMBEDDINGS_FILE, matrix)
+        rows.reset_index(drop=True).assign(row=np.arange(len(rows))).to_parquet(staging / ROWS_FILE)
+        write_description(staging / META_FILE, FORMAT, FORMAT_VERSION,
+                          {**meta, "images": len(matrix), "dim": int(matrix.shape[1])})
+    return load_features(folder, expect_key=meta["key"])

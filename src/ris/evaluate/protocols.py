@@ -77,3 +77,24 @@ BOOK = register_protocol(Protocol(
 HELDOUT = register_protocol(Protocol(
     "heldout", "the split's test images query a gallery of its train and val images", needs_split=True,
     select=_heldout))
+
+
+def unseen_classes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(training classes, query classes)``: the sorted class names cut in two, the first half for training (the
+    deep metric learning convention, e.g. CUB-200's first 100 classes)."""
+    classes = np.unique(labels)
+    return classes[:len(classes) // 2], classes[len(classes) // 2:]
+
+
+def _unseen_classes(labels: np.ndarray, splits: np.ndarray | None) -> QuerySet:
+    _, query_classes = unseen_classes(labels)
+    members = np.flatnonzero(np.isin(labels, query_classes))
+    if len(members) < 2:
+        raise ValueError(f"the unseen-classes protocol needs at least two images of classes {list(query_classes)}")
+    return QuerySet(members, members, leave_one_out=True)
+
+
+UNSEEN_CLASSES = register_protocol(Protocol(
+    "unseen-classes", "every image of the second half of the classes (sorted by name) queries all the others of "
+    "that half, itself excluded; a fine-tune trains on the first half only", needs_split=False,
+    select=_unseen_classes))

@@ -30,6 +30,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                                                     "(default: search.dim; must be one of grid.dims)")
     parser.add_argument("--index", default=None, help="which index: a key of 'indexes' built by the grid "
                                                       "(default: search.index)")
+    parser.add_argument("--finetuned", nargs="?", const="heldout", default=None, metavar="TRAINING",
+                        help="search with the fine-tuned model `dvc repro` trained (its `heldout` training unless "
+                             "named) instead of the pretrained backbone; --dim and --index do not apply")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per query) instead of tables")
     parser.add_argument("--grid-dir", type=Path, default=DEFAULT_GRID_DIR,
                         help=f"where result-grid PNGs go (default: {DEFAULT_GRID_DIR})")
@@ -75,7 +78,13 @@ def main(argv: Sequence[str]) -> int:
         k = args.k if args.k is not None else cfg.search.k
         if k < 1:
             raise UserFacingError(f"-k is {k}; it must be a positive integer")
-        searcher = Searcher.from_pipeline(cfg, args.dim, args.index)
+        if args.finetuned is not None:
+            if args.dim is not None or args.index is not None:
+                raise UserFacingError("--dim and --index choose a cell of the pretrained grid; the fine-tuned "
+                                      "model has its own (leave them out with --finetuned)")
+            searcher = Searcher.from_finetuned(cfg, args.finetuned)
+        else:
+            searcher = Searcher.from_pipeline(cfg, args.dim, args.index)
     except UserFacingError as error:
         print(f"ris search: {error}", file=sys.stderr)
         return 2

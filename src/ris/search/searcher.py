@@ -119,6 +119,32 @@ class Searcher:
         description = f"{meta['model']} / {label} / {index_name}"
         return cls(embedder, reduced.reducer, index.index, rows, image_root(paths.images_dir), description)
 
+    @classmethod
+    def from_finetuned(cls, cfg: Config, training: str = "heldout") -> Searcher:
+        """Load the searcher of a fine-tune (`dvc repro`'s ``finetune`` stage): the fine-tuned model as the
+        embedder, the collection as it embedded it, and the ``search.index`` entry built over those embeddings.
+
+        Raises:
+            ArtifactError: the fine-tune was not run, or its stores are damaged or do not belong together.
+        """
+        from ris.finetune.store import FineTunedStore  # imported here: only this path needs it
+
+        paths = PipelinePaths(cfg)
+        folder = paths.finetuned_dir(training)
+        remedy = (f"run `make repro` (or `dvc repro`) first: its finetune stage fine-tunes {cfg.backbone.name} "
+                  f"(finetune.trainings {cfg.finetune.trainings})")
+        store = FineTunedStore.load(folder / "model", expect={"training": training}, remedy=remedy)
+        features = load_features(folder / "features", remedy=remedy)
+        if features.meta["extractor_key"] != store.key:
+            raise ArtifactError(f"{folder / 'features'} was not embedded by the model in {folder / 'model'}: {remedy}")
+        index = IndexStore.load(folder / "index", expect={"features_key": features.key}, remedy=remedy)
+        # The model normalises its own output; nothing is reduced after it (the projection is the reduction).
+        embedder = ImageEmbedder(store.model, store.meta["preprocessing"], normalize=True)
+        width = int(features.meta["dim"])
+        description = f"{store.meta['model']} fine-tuned ({training}) / {width} / {index.built_from['index']}"
+        return cls(embedder, FeatureReducer(width, width), index.index, features.rows, image_root(paths.images_dir),
+                   description)
+
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """The images' vectors in the index's space (embedded, normalised, reduced)."""
         return self.reducer.transform(self.embedder.embed(images))

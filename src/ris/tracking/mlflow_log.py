@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,15 @@ def local_store(uri: str) -> Path | None:
 
 
 def log_run(tracking: TrackingConfig, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
-                    tags: Mapping[str, str], artifacts: list[Path] | None = None) -> str | None:
-    """Log one run and return its id (None when tracking is disabled)."""
+            tags: Mapping[str, str], artifacts: list[Path] | None = None, *,
+            curves: Mapping[str, Sequence[tuple[int, float]]] | None = None, model: Any = None,
+            model_input: Any = None) -> str | None:
+    """Log one run and return its id (None when tracking is disabled).
+
+    ``curves`` are metrics with a history (name -> (step, value) pairs, e.g. a training's per-epoch losses), drawn
+    as charts by the MLflow UI; ``model`` (a torch module) is logged as the run's MLflow model, with
+    ``model_input`` (a numpy batch) as its input example, from which MLflow records its signature.
+    """
     if not tracking.enabled:
         return None
     import mlflow  # imported here: it is slow to import and only this stage needs it
@@ -76,7 +83,16 @@ def log_run(tracking: TrackingConfig, run_name: str, params: Mapping[str, Any], 
             mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
             mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
             mlflow.set_tags(dict(tags))
+            for name, points in (curves or {}).items():
+                for step, value in points:
+                    mlflow.log_metric(name, float(value), step=int(step))
             for artifact in artifacts or []:
                 mlflow.log_artifact(str(artifact))
+            if model is not None:
+                import mlflow.pytorch
+
+                # Pickled: MLflow's traced "pt2" format fixes the batch size to the example's.
+                mlflow.pytorch.log_model(model, name="model", input_example=model_input,
+                                         serialization_format="pickle")
     log.info("logged MLflow run %s (%s) to %s", run.info.run_id, run_name, mlflow.get_tracking_uri())
     return run.info.run_id

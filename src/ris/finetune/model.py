@@ -1,0 +1,54 @@
+"""The fine-tuned embedding model: the timm backbone (its last blocks, or all of it, trained) and a learned
+projection, L2-normalised. The searcher and extraction use it as they use a pretrained backbone."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def projection_head(in_dim: int, out_dim: int | None, hidden_dim: int | None) -> nn.Module:
+    """``in -> hidden -> out`` (batch norm and ReLU between), ``in -> out``, or nothing when ``out_dim`` is None."""
+    if out_dim is None:
+        return nn.Identity()
+    if hidden_dim is None:
+        return nn.Linear(in_dim, out_dim)
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+                         nn.Linear(hidden_dim, out_dim))
+
+
+class L2Normalize(nn.Module):
+    """Unit-length rows (what extraction stores when ``backbone.normalize`` is on)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features, dim=1)
+
+
+class FineTunedModel(nn.Module):
+    """image batch -> backbone's pooled features (normalised first where the projection was trained on normalised
+    features) -> projection -> unit-length embeddings."""
+
+    def __init__(self, backbone: nn.Module, projection: nn.Module, normalize_pooled: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pooled = L2Normalize() if normalize_pooled else nn.Identity()
+        self.projection = projection
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(self.pooled(self.backbone(images))), dim=1)
+
+
+class NormalisedSoftmaxLoss(nn.Module):
+    """Cross-entropy with label smoothing over cosine similarities to learned class weights, times ``scale``
+    (Zhai & Wu 2019, "Classification is a strong baseline for deep metric learning")."""
+
+    def __init__(self, classes: int, dim: int, scale: float = 16.0, label_smoothing: float = 0.1) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.randn(classes, dim) * 0.01)
+        self.scale = scale
+        self.label_smoothing = label_smoothing
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.scale * F.normalize(embeddings, dim=1) @ F.normalize(self.weights, dim=1).T
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)

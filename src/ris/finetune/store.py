@@ -1,0 +1,82 @@
+"""The fine-tuned model store: the whole embedding model (backbone with its trained blocks, and the projection) as
+safetensors, and a description of what it is and how it was trained, checked on load.
+
+Self-contained on purpose: the searcher, the service and MLflow load it without the pretrained weights file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import timm
+from safetensors.torch import load_file, save_file
+
+from ris.artifacts import REBUILD, ArtifactError, read_description, write_description
+from ris.finetune.model import FineTunedModel, projection_head
+from ris.locks import locked
+from ris.paths import atomic_folder
+
+MODEL_FILE = "model.safetensors"
+HISTORY_FILE = "history.csv"
+META_FILE = "meta.json"
+FORMAT = "ris.finetuned"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FineTunedStore:
+    """A fine-tuned model and its description: ``model`` (timm name), ``pretrained`` (the weights it started from),
+    ``preprocessing``, ``features_key`` (the pretrained features it was trained against), ``training`` and
+    ``recipe``, the projection's shape, and the selection (best epoch, val MAP@R)."""
+
+    model: FineTunedModel
+    meta: dict[str, Any]
+    history: pd.DataFrame
+
+    @property
+    def key(self) -> str:
+        return str(self.meta["key"])
+
+    def save(self, folder: Path) -> None:
+        """Write the store into ``folder`` atomically (a staging folder renamed into place)."""
+        with atomic_folder(folder) as staging:
+            state = {name: tensor.detach().contiguous() for name, tensor in self.model.state_dict().items()}
+            save_file(state, staging / MODEL_FILE, metadata={"format": FORMAT, "key": self.key})
+            self.history.to_csv(staging / HISTORY_FILE, index=False)
+            write_description(staging / META_FILE, FORMAT, FORMAT_VERSION, self.meta)
+
+    @classmethod
+    def load(cls, folder: Path, expect: dict[str, Any] | None = None, remedy: str = REBUILD) -> FineTunedStore:
+        """Open a store: the timm architecture is created without weights, and every tensor must fit it exactly.
+
+        Raises:
+            ArtifactError: missing, damaged, another format, or its description differs from ``expect``.
+        """
+        with locked(folder, exclusive=False):
+            meta = read_description(folder / META_FILE, FORMAT, FORMAT_VERSION, remedy)
+            for key, value in (expect or {}).items():
+                if meta.get(key) != value:
+                    raise ArtifactError(f"{folder} holds a model with {key} {meta.get(key)!r}, expected {value!r}: "
+                                        f"{remedy}")
+            try:
+                state = load_file(folder / MODEL_FILE)
+                history = pd.read_csv(folder / HISTORY_FILE)
+            except (OSError, ValueError, RuntimeError) as error:
+                raise ArtifactError(f"{folder}: cannot read the model or its history ({error}): {remedy}") from error
+        model = build_model(meta)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            first = str(error).splitlines()[0]
+            raise ArtifactError(f"{folder / MODEL_FILE} does not fit {meta['model']} ({first}): {remedy}") from error
+        return cls(model.eval(), meta, history)
+
+
+def build_model(meta: dict[str, Any]) -> FineTunedModel:
+    """The untrained architecture a store describes (timm backbone without weights, projection of its shape)."""
+    backbone = timm.create_model(meta["model"], pretrained=False, num_classes=0)
+    projection = projection_head(meta["backbone_dim"], meta["embedding_dim"], meta["hidden_dim"])
+    return FineTunedModel(backbone, projection, normalize_pooled=meta["normalize_pooled"])

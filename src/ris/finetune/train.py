@@ -1,0 +1,184 @@
+"""Fine-tune a backbone on the split's train images, select the checkpoint on its val images (val MAP@R), under
+`Trainer.fit`. Which images train is decided here, once, by :func:`training_rows`: no val or test image, and for
+the ``unseen-classes`` training no image of the classes it will be evaluated on, ever reaches a training batch."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import timm
+import torch
+from pytorch_lightning.accelerators import CUDAAccelerator
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from torch import nn
+
+from ris.config import FinetuneConfig
+from ris.embed.extract import ExtractionPlan
+from ris.embed.store import FeatureSet
+from ris.evaluate.protocols import unseen_classes
+from ris.finetune.activations import cached_activations
+from ris.finetune.backbone_split import split_backbone
+from ris.finetune.data import CachedRows, FineTuneData, ImageRows
+from ris.finetune.losses import create_loss
+from ris.finetune.model import FineTunedModel, L2Normalize, projection_head
+from ris.finetune.module import VAL_METRIC, FineTuneModule
+
+log = logging.getLogger("ris.finetune")
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """Feature-store rows a training fits on (``train``) and selects its checkpoint on (``val``), and the classes
+    it learns (class id = position)."""
+
+    training: str
+    train: np.ndarray
+    val: np.ndarray
+    classes: list[str]
+
+    def targets(self, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        position = {name: index for index, name in enumerate(self.classes)}
+        return np.array([position[name] for name in labels[rows]], dtype=np.int64)
+
+
+def training_rows(training: str, labels: np.ndarray, splits: np.ndarray) -> TrainingRows:
+    """``heldout``: the split's train (fit) and val (selection) images of every class. ``unseen-classes``: the same,
+    of the first half of the classes only (:func:`ris.evaluate.protocols.unseen_classes`).
+
+    Raises:
+        ValueError: no train or no val image is left.
+    """
+    if training == "heldout":
+        classes = np.unique(labels)
+    elif training == "unseen-classes":
+        classes, _ = unseen_classes(labels)
+    else:
+        raise ValueError(f"unknown training {training!r}")
+    learned = np.isin(labels, classes)
+    train, val = np.flatnonzero(learned & (splits == "train")), np.flatnonzero(learned & (splits == "val"))
+    if not len(train) or not len(val):
+        raise ValueError(f"the {training} training has {len(train)} train and {len(val)} val images; it needs both "
+                         "(data.split.val must be above 0)")
+    if (np.unique(labels[val], return_counts=True)[1] < 2).all():
+        raise ValueError(f"no class has two val images for the {training} training, so val MAP@R (which selects the "
+                         "checkpoint) is undefined: give data.split.val a larger share")
+    return TrainingRows(training, train, val, [str(name) for name in classes])
+
+
+@dataclass
+class FineTuneResult:
+    """The selected model, the curves of its training, and what it trained on."""
+
+    model: FineTunedModel
+    module: FineTuneModule  # the model as trained: embeds what the recipe's inputs are
+    inputs: np.ndarray | None  # the cached matrix the module embeds (None when it reads images)
+    rows: TrainingRows
+    history: pd.DataFrame  # one row per epoch: epoch, train/loss, val/map_at_r, val/precision_at_1
+    best_epoch: int
+    best_val_map_at_r: float
+    seconds: float
+    device: str
+    precision: str
+
+
+def training_precision(cfg: FinetuneConfig) -> str:
+    """``auto``: mixed precision on a GPU, full precision on a CPU."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "16-mixed" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "32-true"
+
+
+def finetune(plan: ExtractionPlan, features: FeatureSet, splits: np.ndarray, training: str, cfg: FinetuneConfig,
+             *, images_dir: Path, activation_cache: Path, progress: bool = True) -> FineTuneResult:
+    """Fine-tune ``plan.model`` (the pretrained backbone that made ``features``) with the recipe ``cfg``.
+
+    Returns the model whose val MAP@R was best (early stopping ends the run after ``cfg.patience`` epochs without a
+    better one). The backbone in ``plan.model`` is trained in place.
+    """
+    pl.seed_everything(cfg.seed, workers=True)
+    labels = features.labels
+    rows = training_rows(training, labels, splits)
+    model = plan.model
+    input_size = tuple(plan.data_config["input_size"])
+    inputs: np.ndarray | None = None
+    if cfg.depth == "head":  # the stored embeddings are the frozen backbone's output
+        trunk, tail = nn.Identity(), (L2Normalize() if plan.backbone.normalize else nn.Identity())
+        inputs = features.embeddings
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+    elif cfg.depth == "blocks":
+        trunk, tail = split_backbone(model, plan.backbone.tail_from or "", input_size)
+        if cfg.inputs == "cached":
+            inputs = cached_activations(plan, trunk, plan.backbone.tail_from or "", images_dir, activation_cache,
+                                        progress=progress).activations
+            trunk = nn.Identity()
+    else:  # full: every layer trains, on images
+        trunk, tail = nn.Identity(), model
+    width = int(features.meta["dim"])
+    projection = projection_head(width, cfg.embedding_dim, cfg.hidden_dim)
+    loss = create_loss(cfg.loss.name, len(rows.classes), cfg.embedding_dim or width, cfg.loss.params)
+    module = FineTuneModule(trunk, tail, projection, loss, lr=cfg.lr, backbone_lr=cfg.backbone_lr,
+                            weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
+                            hparams={"training": training, "depth": cfg.depth, "inputs": cfg.inputs,
+                                     "loss": cfg.loss.name, "classes": len(rows.classes),
+                                     "train_images": len(rows.train), "val_images": len(rows.val)})
+    train_targets, val_targets = rows.targets(labels, rows.train), rows.targets(labels, rows.val)
+    if inputs is not None:
+        data = FineTuneData(CachedRows(inputs, rows.train, train_targets, hflip=cfg.hflip, crop=cfg.activation_crop),
+                            CachedRows(inputs, rows.val, val_targets), cfg.batch_size, num_workers=0)
+    else:
+        augment = timm.data.create_transform(**plan.data_config, is_training=True, hflip=0.5 if cfg.hflip else 0.0,
+                                             auto_augment=cfg.auto_augment)
+        evaluate = timm.data.create_transform(**plan.data_config, is_training=False)
+        paths = np.array([images_dir / path for path in features.rows["path"]], dtype=object)
+        data = FineTuneData(ImageRows(paths[rows.train], train_targets, augment),
+                            ImageRows(paths[rows.val], val_targets, evaluate), cfg.batch_size, cfg.num_workers)
+    precision = training_precision(cfg)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ris-finetune-") as scratch:
+        best = ModelCheckpoint(dirpath=scratch, monitor=VAL_METRIC, mode="max", save_top_k=1, save_weights_only=True)
+        trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision, max_epochs=cfg.epochs,
+                             callbacks=[best, EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience)],
+                             logger=CSVLogger(scratch, name="curves"), enable_progress_bar=progress,
+                             enable_model_summary=False, num_sanity_val_steps=0, deterministic=False)
+        device = torch.cuda.get_device_name() if isinstance(trainer.accelerator, CUDAAccelerator) else "cpu"
+        log.info("fine-tuning %s (%s, %s inputs, %s loss) for %s: %d train / %d val images, %d classes, on %s",
+                 plan.backbone.name, cfg.depth, cfg.inputs, cfg.loss.name, training, len(rows.train), len(rows.val),
+                 len(rows.classes), device)
+        trainer.fit(module, datamodule=data)
+        history = epoch_history(Path(trainer.logger.log_dir) / "metrics.csv")
+        module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
+    module.cpu().eval()
+    seconds = time.perf_counter() - started
+    best_row = history.loc[history[VAL_METRIC].idxmax()]
+    log.info("best val MAP@R %.4f at epoch %d of %d (%.1f s)", best_row[VAL_METRIC], best_row["epoch"],
+             len(history), seconds)
+    normalize_pooled = cfg.depth == "head" and plan.backbone.normalize
+    model = FineTunedModel(model.cpu().eval(), projection, normalize_pooled=normalize_pooled).eval()
+    return FineTuneResult(model, module, inputs, rows, history, int(best_row["epoch"]),
+                          float(best_row[VAL_METRIC]), seconds, device, precision)
+
+
+def epoch_history(metrics_csv: Path) -> pd.DataFrame:
+    """Lightning's CSV log folded to one row per epoch (training and validation are logged on separate rows)."""
+    table = pd.read_csv(metrics_csv)
+    folded = table.drop(columns=["step"], errors="ignore").groupby("epoch", as_index=False).first()
+    return folded.sort_values("epoch").reset_index(drop=True)
+
+
+@torch.inference_mode()
+def embed_cached(module: FineTuneModule, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The fine-tuned embedding of every row of the cached ``inputs`` (exactly what the model gives their images)."""
+    module.eval()
+    parts = [module(torch.from_numpy(np.array(inputs[start:start + batch_size], dtype=np.float32))).numpy()
+             for start in range(0, len(inputs), batch_size)]
+    return np.concatenate(parts).astype(np.float32)
+
