@@ -245,7 +245,6 @@ class FinetuneConfig:
     warmup_epochs: int = 1  # linear warm-up, then cosine decay to zero
     patience: int = 3  # early stopping: epochs without a better val MAP@R
     hflip: bool = True  # flip training inputs left-right (images, or the cached activation maps)
-    activation_crop: float | None = None  # cached maps: random windows, each side >= this share, resized back
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm's RandAugment, for inputs=images
     precision: str = "auto"  # auto: 16-mixed on a GPU, 32-true on a CPU
     accelerator: str = "auto"
@@ -467,9 +466,6 @@ def _check_finetune(finetune: FinetuneConfig, backbone: BackboneConfig) -> None:
     for key in ("lr", "backbone_lr"):
         if getattr(finetune, key) <= 0:
             raise ConfigError(f"config key 'finetune.{key}' is {getattr(finetune, key)!r}; it must be above 0")
-    if finetune.activation_crop is not None and not 0.0 < finetune.activation_crop <= 1.0:
-        raise ConfigError(f"config key 'finetune.activation_crop' is {finetune.activation_crop!r}; it must be above 0 "
-                          "and at most 1 (or null)")
     _choice("finetune.precision", finetune.precision, ("auto", *PRECISIONS))
     _choice("finetune.accelerator", finetune.accelerator, ACCELERATORS)
     for position, training in enumerate(finetune.trainings):

@@ -3,14 +3,12 @@ training augmentation; each item is (input, class id)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -18,18 +16,15 @@ from ris.images import open_image
 
 
 class CachedRows(Dataset):
-    """Rows of a memory-mapped matrix, as float32. Activation maps (channels x height x width) can be augmented for
-    free: with ``hflip`` a map is flipped left-right half of the time (nearly the map of the mirrored image:
-    convolutions are close to mirror-symmetric); with ``crop`` (the smallest share of each side kept) a random
-    window of it is resized back to full size, as a random resized crop of the image would be."""
+    """Rows of a memory-mapped matrix, as float32; with ``hflip``, an activation map (channels x height x width)
+    is flipped left-right half of the time: the map of a mirrored image, nearly (convolutions are close to
+    mirror-symmetric), for free."""
 
-    def __init__(self, matrix: np.ndarray, rows: np.ndarray, targets: np.ndarray, hflip: bool = False,
-                 crop: float | None = None) -> None:
+    def __init__(self, matrix: np.ndarray, rows: np.ndarray, targets: np.ndarray, hflip: bool = False) -> None:
         self.matrix = matrix
         self.rows = np.asarray(rows)
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         self.hflip = hflip and matrix.ndim == 4
-        self.crop = crop if matrix.ndim == 4 else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -38,22 +33,7 @@ class CachedRows(Dataset):
         value = torch.from_numpy(np.array(self.matrix[self.rows[item]], dtype=np.float32))
         if self.hflip and torch.rand(()) < 0.5:
             value = value.flip(-1)
-        if self.crop is not None:
-            value = random_resized_window(value, self.crop)
         return value, self.targets[item]
-
-
-def random_resized_window(activations: torch.Tensor, smallest: float) -> torch.Tensor:
-    """A random window of a (channels x height x width) map, each side at least ``smallest`` of the map's, resized
-    back to the map's size (bilinear)."""
-    _, height, width = activations.shape
-    sides = [int(torch.randint(max(1, math.ceil(smallest * side)), side + 1, ()).item()) for side in (height, width)]
-    top = int(torch.randint(0, height - sides[0] + 1, ()).item())
-    left = int(torch.randint(0, width - sides[1] + 1, ()).item())
-    window = activations[:, top:top + sides[0], left:left + sides[1]]
-    if tuple(window.shape[1:]) == (height, width):
-        return window
-    return F.interpolate(window[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
 class ImageRows(Dataset):

@@ -132,7 +132,7 @@ def finetune(plan: ExtractionPlan, features: FeatureSet, splits: np.ndarray, tra
                                      "train_images": len(rows.train), "val_images": len(rows.val)})
     train_targets, val_targets = rows.targets(labels, rows.train), rows.targets(labels, rows.val)
     if inputs is not None:
-        data = FineTuneData(CachedRows(inputs, rows.train, train_targets, hflip=cfg.hflip, crop=cfg.activation_crop),
+        data = FineTuneData(CachedRows(inputs, rows.train, train_targets, hflip=cfg.hflip),
                             CachedRows(inputs, rows.val, val_targets), cfg.batch_size, num_workers=0)
     else:
         augment = timm.data.create_transform(**plan.data_config, is_training=True, hflip=0.5 if cfg.hflip else 0.0,
