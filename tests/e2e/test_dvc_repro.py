@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import make_image_tree
 
@@ -154,7 +155,13 @@ def test_finetune_trains_compares_reports_and_tracks(reproduced: Path) -> None:
     (training,) = [run for run in runs if run.data.tags.get("kind") == "finetune"]
     assert len(client.get_metric_history(training.info.run_id, "val/map_at_r")) == report["epochs_run"]
     assert "heldout/finetuned/map_at_r" in training.data.metrics and training.data.params["finetune.depth"] == "blocks"
-    assert any(item.path == "model" for item in client.list_artifacts(training.info.run_id))
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{reproduced / 'mlflow.db'}")
+    (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
+                                            filter_string=f"source_run_id = '{training.info.run_id}'")
+    model = mlflow.pytorch.load_model(logged.model_uri)  # the fine-tuned model itself, loadable from MLflow
+    assert model(torch.zeros(2, 3, 160, 160)).shape == (2, 8)
     assert sorted(run.data.tags["protocol"] for run in runs if run is not training) == ["book", "heldout"]
 
 
