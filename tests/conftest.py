@@ -68,7 +68,7 @@ TINY_PIPELINE = ["backbone.name=test_efficientnet", "backbone.pretrained=false",
                  "backbone.batch_size=8", "data.exclude_classes=[]", "grid.dims=[full,8]",
                  "grid.indexes=[brute,annoy]", "search.dim=8", "search.index=annoy",
                  "indexes.annoy.params.n_trees=10", "eval.latency.queries=20", "eval.latency.warmup=2",
-                 "backbone.tail_from=blocks.4"]
+                 "backbone.tail_from=blocks.4", "backbone.devices=1"]
 """A tiny timm model with random weights and small latency samples: the real code path in seconds."""
 
 

@@ -32,6 +32,9 @@ commands:
   bench search [--scale caltech|million] [--only GROUP ...]
                                      every index family swept: recall@10 against QPS, build time, memory, the
                                      wrapper against the raw library call -> reports/bench/search/ (JSON, PNG)
+  bench extract [--limit N] [--batch-size B] [--workers W]
+                                     extraction end to end against the model's fastest forward-only pass and
+                                     decoding on one core -> reports/bench/extract/ (JSON, PNG)
 
 A problem you can fix (a config key or value, a missing input) is one line on stderr and exit status 1 (2 for
 `ris search` when nothing could run); --debug (or RIS_DEBUG=1) shows the full traceback instead.
@@ -151,11 +154,15 @@ def run_command(command: str, rest: list[str]) -> None:
 
         sys.exit(search_main(rest))
     elif command == "bench":
-        if rest[:1] != ["search"]:
-            sys.exit("ris bench: the one benchmark is `ris bench search` (--help for its options)")
-        from ris.bench.command import main as bench_main
+        if rest[:1] == ["search"]:
+            from ris.bench.command import main as bench_main
 
-        sys.exit(bench_main(rest[1:]))
+            sys.exit(bench_main(rest[1:]))
+        if rest[:1] == ["extract"]:
+            from ris.bench.extract import main as bench_extract_main
+
+            sys.exit(bench_extract_main(rest[1:]))
+        sys.exit("ris bench: name a benchmark, `ris bench search` or `ris bench extract` (--help for its options)")
     elif command == "stage":
         if rest[:1] in (["-h"], ["--help"]):
             print("ris stage NAME [--params params.yaml] [--dim D] [--index I] [--training T]\n"

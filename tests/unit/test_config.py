@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ris.checks import checked_config
 from ris.cli import compose_params
@@ -59,6 +59,7 @@ def test_every_backbone_composes(backbone: str) -> None:
                                         "grid.indexes=[brute]"],
                                        ["eval.protocols=[heldout]", "eval.k=5", "eval.recall_ks=[2]"],
                                        ["finetune=gpu"], ["finetune.depth=head", "finetune.loss.name=arcface"],
+                                       ["backbone.pool=gem", "backbone.gem_p=4", "backbone.devices=3"],
                                        ["eval.protocols=[book,heldout,unseen-classes]"],
                                        ["+indexes.annoy_fast={family: annoy, params: {n_trees: 10}}",
                                         "grid.indexes=[annoy_fast]", "search.index=annoy_fast"]])
@@ -94,6 +95,11 @@ def test_valid_overrides(overrides: list[str]) -> None:
     (["backbone.tail_from=null"], "backbone.tail_from", None),
     (["finetune.trainings=[all]"], "finetune.trainings[0]", "heldout, unseen-classes"),
     (["finetune.lr=0"], "finetune.lr", None),
+    (["backbone.pool=median"], "backbone.pool", "avg, max, gem"),
+    (["backbone.gem_p=0"], "backbone.gem_p", None),
+    (["backbone.devices=0"], "backbone.devices", None),
+    (["backbone.devices=many"], "backbone.devices", None),
+    (["backbone.strategy=ddp"], "backbone.strategy", "ddp_fork, ddp_spawn"),
 ])
 def test_bad_values_rejected(overrides: list[str], key: str, allowed: str | None) -> None:
     """A bad key or value is a ConfigError naming the key, and the allowed values where they are a fixed set."""
@@ -103,6 +109,25 @@ def test_bad_values_rejected(overrides: list[str], key: str, allowed: str | None
     assert f"'{key}'" in message
     if allowed is not None:
         assert allowed in message
+
+
+EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_preset_composes_and_applies_last(experiment: str) -> None:
+    """A preset overrides the groups and the root config's own keys (grid, search), and later overrides win."""
+    cfg = checked_config(_compose([f"experiment={experiment}"]), check_model=True)
+    preset = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml")
+    assert cfg.grid.dims == list(preset.grid.dims) and cfg.grid.indexes == list(preset.grid.indexes)
+    assert cfg.backbone.pool == preset.backbone.pool
+    assert checked_config(_compose([f"experiment={experiment}", "grid.dims=[64]"])).grid.dims == [64]
+
+
+def test_the_book_preset_is_the_books_setting() -> None:
+    cfg = checked_config(_compose(["experiment=book"]))
+    assert (cfg.backbone.name, cfg.backbone.pool) == ("resnet50", "max")
+    assert 100 in cfg.grid.dims and {"brute", "kd_tree", "ball_tree", "annoy"} <= set(cfg.grid.indexes)
 
 
 def test_unknown_key_in_plain_dict() -> None:

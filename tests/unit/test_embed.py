@@ -24,7 +24,7 @@ TINY = "test_efficientnet"
 
 
 def tiny_backbone(**overrides: object) -> BackboneConfig:
-    settings = {"name": TINY, "pretrained": False, "batch_size": 5, "num_workers": 0, **overrides}
+    settings = {"name": TINY, "pretrained": False, "batch_size": 5, "num_workers": 0, "devices": 1, **overrides}
     return BackboneConfig(**settings)  # type: ignore[arg-type]
 
 

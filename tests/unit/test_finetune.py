@@ -109,10 +109,12 @@ def test_an_unknown_loss_is_refused_when_the_config_is_composed() -> None:
 
 # --- the backbone split ------------------------------------------------------------------------------------------
 
-def test_the_split_backbone_computes_what_the_whole_one_does() -> None:
-    model = timm.create_model("test_efficientnet", num_classes=0).eval()
-    trunk, tail = split_backbone(model, "blocks.4", (3, 64, 64))
-    images = torch.randn(3, 3, 64, 64)
+@pytest.mark.parametrize("name, tail_from, size", [("test_efficientnet", "blocks.4", 64),
+                                                    ("test_convnext", "stages.3", 64), ("test_vit", "blocks.1", 160)])
+def test_the_split_backbone_computes_what_the_whole_one_does(name: str, tail_from: str, size: int) -> None:
+    model = timm.create_model(name, num_classes=0).eval()
+    trunk, tail = split_backbone(model, tail_from, (3, size, size))
+    images = torch.randn(3, 3, size, size)
     with torch.no_grad():
         assert torch.allclose(tail(trunk(images)), model(images), atol=1e-5)
     assert not any(parameter.requires_grad for parameter in trunk.parameters())
@@ -164,7 +166,7 @@ def test_the_last_blocks_train_on_cached_activations_and_reload_to_the_same_embe
     rows = pd.DataFrame({"path": [str(path.relative_to(image_tree)) for path in images],
                          "class": [path.parent.name for path in images],
                          "sha256": [hashlib.sha256(path.read_bytes()).hexdigest() for path in images]})
-    backbone = BackboneConfig(name="test_efficientnet", pretrained=False, num_workers=0, batch_size=4,
+    backbone = BackboneConfig(name="test_efficientnet", pretrained=False, num_workers=0, batch_size=4, devices=1,
                               tail_from="blocks.4")
     plan = plan_extraction(rows, backbone)
     features = FeatureSet(np.zeros((len(rows), int(plan.model.num_features)), np.float32),
@@ -198,7 +200,7 @@ def test_the_full_recipe_trains_every_layer_on_augmented_images(tmp_path: Path) 
     rows = pd.DataFrame({"path": [str(path.relative_to(image_tree)) for path in images],
                          "class": [path.parent.name for path in images],
                          "sha256": [hashlib.sha256(path.read_bytes()).hexdigest() for path in images]})
-    plan = plan_extraction(rows, BackboneConfig(name="test_efficientnet", pretrained=False, num_workers=0))
+    plan = plan_extraction(rows, BackboneConfig(name="test_efficientnet", pretrained=False, num_workers=0, devices=1))
     before = {name: tensor.clone() for name, tensor in plan.model.state_dict().items()}
     features = FeatureSet(np.zeros((len(rows), int(plan.model.num_features)), np.float32),
                           plan.rows.assign(row=np.arange(len(rows))), {"dim": int(plan.model.num_features)})

@@ -13,15 +13,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import timm
 import torch
-from pytorch_lightning.accelerators import CUDAAccelerator
 
 from ris.artifacts import write_description
 from ris.config import BackboneConfig
 from ris.embed.cache import EmbeddingCache, copy_rows
-from ris.embed.lightning import EmbeddingModule, FeatureMatrixWriter, ImageDataModule
+from ris.embed.lightning import EmbeddingModule, ImageDataModule, predict_matrix, uint8_eval_transform
+from ris.embed.pooling import pooled_backbone
 from ris.embed.store import (
     EMBEDDINGS_FILE,
     FORMAT,
@@ -32,7 +31,7 @@ from ris.embed.store import (
     load_features,
     stored_key,
 )
-from ris.embed.weights import WeightsSource, create_backbone, resolve_weights
+from ris.embed.weights import WeightsSource, resolve_weights
 from ris.images import DECODING_VERSION
 from ris.locks import locked
 from ris.paths import atomic_folder
@@ -52,6 +51,9 @@ def extractor_key(backbone: BackboneConfig, source: WeightsSource, data_config: 
     identity = {"model": source.model, "weights": source.identity, "preprocessing": data_config,
                 "precision": backbone.precision, "normalize": backbone.normalize, "decoding": DECODING_VERSION,
                 "timm": timm.__version__, "torch": torch.__version__}
+    if backbone.pool is not None:  # only when set: the model's own pooling keeps the keys (and caches) it had
+        identity["pool"] = {"kind": backbone.pool, **({"p": backbone.gem_p} if backbone.pool == "gem" else {})}
+    # Batch size and memory layout are left out: they change float rounding only, like the machine does.
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -83,7 +85,7 @@ def plan_extraction(table: pd.DataFrame, backbone: BackboneConfig,
         ValueError: when no image is left after excluding classes.
     """
     source = resolve_weights(backbone)
-    model = create_backbone(source)
+    model = pooled_backbone(source, backbone.pool, backbone.gem_p)
     data_config = timm.data.resolve_model_data_config(model)  # the model's own eval preprocessing
     rows = select_rows(table, exclude_classes or [])
     if rows.empty:
@@ -101,24 +103,17 @@ def embed_images(plan: ExtractionPlan, paths: list[Path], *, progress: bool = Tr
     without it, it is returned in memory.
     """
     backbone = plan.backbone
-    transform = timm.data.create_transform(**plan.data_config, is_training=False)
-    data = ImageDataModule(paths, transform, backbone.batch_size, backbone.num_workers, sha256=sha256)
+    data = ImageDataModule(paths, uint8_eval_transform(plan.data_config), backbone.batch_size, backbone.num_workers,
+                           sha256=sha256)
+    module = EmbeddingModule(plan.model, backbone.normalize, backbone.channels_last, plan.data_config["mean"],
+                             plan.data_config["std"])
+    log.info("embedding %d images with %s (%s weights, %s) on %s %s device(s)", len(paths), backbone.name,
+             plan.source.kind, plan.data_config, backbone.devices, backbone.accelerator)
     with tempfile.TemporaryDirectory(prefix="ris-embed-") as scratch:
-        writer = FeatureMatrixWriter(into or Path(scratch) / EMBEDDINGS_FILE, len(paths))
-        trainer = pl.Trainer(accelerator=backbone.accelerator, devices=1, precision=backbone.precision,
-                             callbacks=[writer], logger=False, enable_progress_bar=progress,
-                             enable_checkpointing=False, enable_model_summary=False)
-        device = torch.cuda.get_device_name() if isinstance(trainer.accelerator, CUDAAccelerator) else "cpu"
-        log.info("embedding %d images with %s (%s weights, %s) on %s", len(paths), backbone.name,
-                 plan.source.kind, plan.data_config, device)
-        try:
-            trainer.predict(EmbeddingModule(plan.model, backbone.normalize), datamodule=data,
-                            return_predictions=False)
-        finally:
-            writer.close()
-        if writer.written != len(paths):
-            raise RuntimeError(f"wrote {writer.written} embeddings for {len(paths)} images")
-        matrix = np.load(writer.path, mmap_mode="r")
+        path = into or Path(scratch) / EMBEDDINGS_FILE
+        device = predict_matrix(module, data, path, accelerator=backbone.accelerator, devices=backbone.devices,
+                                strategy=backbone.strategy, precision=backbone.precision, progress=progress)
+        matrix = np.load(path, mmap_mode="r")
         return (matrix if into is not None else np.array(matrix)), device
 
 

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import timm
 from torch import nn
 
 from ris.artifacts import REBUILD, ArtifactError, read_description, write_description
 from ris.embed.extract import ExtractionPlan
-from ris.embed.lightning import EmbeddingModule, FeatureMatrixWriter, ImageDataModule
+from ris.embed.lightning import EmbeddingModule, ImageDataModule, predict_matrix
 from ris.locks import locked
 from ris.paths import atomic_folder
 
@@ -83,18 +82,11 @@ def cached_activations(plan: ExtractionPlan, trunk: nn.Module, tail_from: str, i
                            sha256=plan.rows["sha256"].tolist())
     started = time.perf_counter()
     with atomic_folder(folder) as staging:
-        writer = FeatureMatrixWriter(staging / ACTIVATIONS_FILE, len(paths), dtype=np.float16)
-        trainer = pl.Trainer(accelerator=backbone.accelerator, devices=1, precision=backbone.precision,
-                             callbacks=[writer], logger=False, enable_progress_bar=progress,
-                             enable_checkpointing=False, enable_model_summary=False)
         log.info("computing %s's activations before %s for %d images, once", backbone.name, tail_from, len(paths))
         with locked(images_dir.parent, exclusive=False):
-            try:
-                trainer.predict(EmbeddingModule(trunk, normalize=False), datamodule=data, return_predictions=False)
-            finally:
-                writer.close()
-        if writer.written != len(paths):
-            raise RuntimeError(f"wrote {writer.written} activation maps for {len(paths)} images")
+            predict_matrix(EmbeddingModule(trunk, normalize=False), data, staging / ACTIVATIONS_FILE,
+                           accelerator=backbone.accelerator, devices=backbone.devices, strategy=backbone.strategy,
+                           precision=backbone.precision, progress=progress, dtype=np.float16)
         shape = list(np.load(staging / ACTIVATIONS_FILE, mmap_mode="r").shape)
         write_description(staging / META_FILE, FORMAT, FORMAT_VERSION, {
             "key": key, "features_key": plan.key, "model": plan.source.model, "tail_from": tail_from,

@@ -9,6 +9,7 @@ image, so an architecture that does not is refused instead of being trained wron
 from __future__ import annotations
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ris.config import ConfigError
@@ -17,8 +18,42 @@ EXPANDED = ("blocks", "features", "stages", "layers")
 """Children whose own children are units too (a timm EfficientNet's ``blocks``, a VGG's ``features``)."""
 
 
+class VitTokens(nn.Module):
+    """A ViT's part before its blocks as one module: patch embedding, class/register tokens and position embedding
+    (added by a method, not a module, so the ViT's children alone do not chain). It holds the ViT's own modules and
+    parameters and runs timm's own method."""
+
+    _pos_embed = VisionTransformer._pos_embed
+
+    def __init__(self, vit: VisionTransformer) -> None:
+        super().__init__()
+        for name in ("patch_embed", "pos_drop", "patch_drop", "norm_pre", "pos_embed", "cls_token", "reg_token",
+                     "no_embed_class", "dynamic_img_size", "num_prefix_tokens"):
+            setattr(self, name, getattr(vit, name))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(images))))
+
+
+class VitPool(nn.Module):
+    """A ViT's part after its blocks' final norm: token pooling and the (classifier-free) head, as timm runs it."""
+
+    pool = VisionTransformer.pool
+    forward = VisionTransformer.forward_head
+
+    def __init__(self, vit: VisionTransformer) -> None:
+        super().__init__()
+        for name in ("attn_pool", "fc_norm", "head_drop", "head", "global_pool", "num_prefix_tokens",
+                     "pool_include_prefix"):
+            setattr(self, name, getattr(vit, name))
+
+
 def forward_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The backbone's modules in forward order: its children, with ``blocks``-like sequences expanded."""
+    """The backbone's modules in forward order: its children, with ``blocks``-like sequences expanded (a ViT's
+    token embedding and pooling each wrapped as one unit)."""
+    if isinstance(model, VisionTransformer):
+        blocks = [(f"blocks.{name}", block) for name, block in model.blocks.named_children()]
+        return [("tokens", VitTokens(model)), *blocks, ("norm", model.norm), ("pool", VitPool(model))]
     units: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
         if name in EXPANDED and isinstance(child, nn.Sequential):
@@ -44,7 +79,7 @@ def split_backbone(model: nn.Module, tail_from: str, input_size: tuple[int, int,
     units = forward_units(model)
     names = [name for name, _ in units]
     if tail_from not in names:
-        raise ConfigError(f"config key 'finetune.tail_from' is {tail_from!r}, not a module of the backbone run in "
+        raise ConfigError(f"config key 'backbone.tail_from' is {tail_from!r}, not a module of the backbone run in "
                           f"order; allowed values: {', '.join(names)}")
     cut = names.index(tail_from)
     trunk, tail = Trunk(*[module for _, module in units[:cut]]), nn.Sequential(*[module for _, module in units[cut:]])

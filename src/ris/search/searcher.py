@@ -18,9 +18,10 @@ from PIL import Image
 from ris.artifacts import ArtifactError
 from ris.config import AUTO_DIM, Config, check_dim, dim_label, parse_dim
 from ris.data.catalog import image_root
-from ris.embed.lightning import EmbeddingModule
+from ris.embed.lightning import EmbeddingModule, uint8_eval_transform
+from ris.embed.pooling import pooled_backbone
 from ris.embed.store import load_features
-from ris.embed.weights import create_backbone, resolve_weights
+from ris.embed.weights import resolve_weights
 from ris.index.base import NearestNeighbourIndex
 from ris.index.store import IndexStore
 from ris.paths import PipelinePaths
@@ -50,11 +51,11 @@ class SearchResult:
 class ImageEmbedder:
     """The backbone as extraction ran it: same timm model, weights, preprocessing and normalisation."""
 
-    def __init__(self, model: torch.nn.Module, preprocessing: dict, normalize: bool) -> None:
-        import timm
-
-        self.module = EmbeddingModule(model, normalize).eval()
-        self.transform = timm.data.create_transform(**preprocessing, is_training=False)
+    def __init__(self, model: torch.nn.Module, preprocessing: dict, normalize: bool,
+                 channels_last: bool = True) -> None:
+        self.module = EmbeddingModule(model, normalize, channels_last, preprocessing["mean"],
+                                      preprocessing["std"]).eval()
+        self.transform = uint8_eval_transform(preprocessing)
 
     @torch.inference_mode()
     def embed(self, images: list[Image.Image]) -> np.ndarray:
@@ -111,7 +112,9 @@ class Searcher:
             raise ArtifactError(f"the collection was embedded with {meta['model']} weights "
                                 f"{meta['weights']['identity']}, but backbone settings give {source.model} weights "
                                 f"{source.identity}: give the same weights, or run `dvc repro` to re-embed")
-        embedder = ImageEmbedder(create_backbone(source), meta["preprocessing"], meta["backbone"]["normalize"])
+        settings = meta["backbone"]  # as the collection was embedded (older stores have no pooling choice)
+        model = pooled_backbone(source, settings.get("pool"), settings.get("gem_p", 3.0))
+        embedder = ImageEmbedder(model, meta["preprocessing"], settings["normalize"], cfg.backbone.channels_last)
         rows = features.rows
         label = dim_label(dim_value)
         if dim_value == AUTO_DIM:  # say what the sweep chose
@@ -139,7 +142,8 @@ class Searcher:
             raise ArtifactError(f"{folder / 'features'} was not embedded by the model in {folder / 'model'}: {remedy}")
         index = IndexStore.load(folder / "index", expect={"features_key": features.key}, remedy=remedy)
         # The model normalises its own output; nothing is reduced after it (the projection is the reduction).
-        embedder = ImageEmbedder(store.model, store.meta["preprocessing"], normalize=True)
+        embedder = ImageEmbedder(store.model, store.meta["preprocessing"], normalize=True,
+                                 channels_last=cfg.backbone.channels_last)
         width = int(features.meta["dim"])
         description = f"{store.meta['model']} fine-tuned ({training}) / {width} / {index.built_from['index']}"
         return cls(embedder, FeatureReducer(width, width), index.index, features.rows, image_root(paths.images_dir),

@@ -35,7 +35,9 @@ def run(cfg: Config) -> dict:
               "preprocessing": meta["preprocessing"], "timm_version": meta["timm_version"],
               "excluded_classes": cfg.data.exclude_classes,
               "excluded_images": int(table["class"].isin(cfg.data.exclude_classes).sum()),
-              "batch_size": cfg.backbone.batch_size, "precision": cfg.backbone.precision}
+              "batch_size": cfg.backbone.batch_size, "num_workers": cfg.backbone.num_workers,
+              "devices": cfg.backbone.devices, "channels_last": cfg.backbone.channels_last,
+              "pool": cfg.backbone.pool, "precision": cfg.backbone.precision}
     write_json_atomic(paths.extract_report, report)
     return report
 

@@ -1,0 +1,135 @@
+"""What makes extraction fast without changing its result: pooling as a choice, uint8 batches normalised in the
+model, channels-last, several processes writing shards merged in dataset order, and `ris bench extract`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from test_embed import tiny_backbone
+
+from ris.config import ConfigError
+from ris.data.catalog import scan_images
+from ris.embed.extract import embed_images, extractor_key, plan_extraction
+from ris.embed.lightning import SHARD_FILE, SHARD_ROWS_FILE, EmbeddingModule, merge_shards, uint8_eval_transform
+from ris.embed.pooling import set_global_pool
+from ris.images import open_image
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, num_classes=0).eval()
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_resnet", "test_convnext"])
+def test_pooling_choices_pool_the_feature_maps_as_named(name: str):
+    model = _model(name)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        default = model(images)
+        maps = model.forward_features(images)
+        pooled = {kind: set_global_pool(_model(name), kind, gem_p=1.0)(images) for kind in ("avg", "max", "gem")}
+        strong_gem = set_global_pool(_model(name), "gem", gem_p=3.0)(images)
+    torch.testing.assert_close(pooled["avg"], default)  # timm's own pooling is average pooling
+    if name != "test_convnext":  # ConvNeXt normalises after pooling: only the pooled maps can be compared directly
+        torch.testing.assert_close(pooled["max"], maps.amax((2, 3)))
+        torch.testing.assert_close(pooled["gem"], maps.clamp(min=1e-6).mean((2, 3)), rtol=1e-4, atol=1e-5)
+        expected = maps.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)
+        torch.testing.assert_close(strong_gem, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(pooled["max"], pooled["avg"])
+
+
+def test_a_model_without_a_swappable_pool_is_refused_by_config_key():
+    with pytest.raises(ConfigError, match="backbone.pool"):
+        set_global_pool(_model("test_vit"), "gem")
+
+
+def test_the_pooling_choice_is_part_of_the_extractor_key_and_its_absence_keeps_old_keys(image_tree: Path):
+    table, _ = scan_images(image_tree, progress=False)
+    plain = plan_extraction(table, tiny_backbone())
+    keys = {plain.extractor_key} | {plan_extraction(table, tiny_backbone(pool=kind)).extractor_key
+                                    for kind in ("avg", "max", "gem")}
+    assert len(keys) == 4
+    gem_p2 = plan_extraction(table, tiny_backbone(pool="gem", gem_p=2.0)).extractor_key
+    assert gem_p2 not in keys
+    # Layout and batch size change rounding only: they keep the key, and so the cache.
+    assert plan_extraction(table, tiny_backbone(channels_last=False, batch_size=3)).extractor_key == plain.extractor_key
+    assert extractor_key(plain.backbone, plain.source, plain.data_config) == plain.extractor_key
+
+
+def test_uint8_batches_normalised_in_the_model_give_the_same_bits_as_timms_float_preprocessing(image_tree: Path):
+    model = _model("test_efficientnet")
+    config = timm.data.resolve_model_data_config(model)
+    images = [open_image(path) for path in sorted(image_tree.rglob("*.jpg"))]
+    floats = torch.stack([timm.data.create_transform(**config)(image) for image in images])
+    uint8 = torch.stack([uint8_eval_transform(config)(image) for image in images])
+    assert uint8.dtype == torch.uint8
+    with torch.no_grad():
+        expected = EmbeddingModule(model)(floats)
+        assert torch.equal(EmbeddingModule(model, mean=config["mean"], std=config["std"])(uint8), expected)
+        channels_last = EmbeddingModule(_model("test_efficientnet"), channels_last=True, mean=config["mean"],
+                                         std=config["std"])(uint8)
+    torch.testing.assert_close(channels_last, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_two_cpu_processes_write_shards_that_merge_into_the_single_process_matrix(tmp_path: Path):
+    from conftest import make_image_tree
+
+    tree = make_image_tree(tmp_path / "images", classes=3, per_class=5)  # 15 images: ranks get 8 and 7
+    table, _ = scan_images(tree, progress=False)
+    single = plan_extraction(table, tiny_backbone(batch_size=4))
+    paths = [tree / path for path in single.rows["path"]]
+    one, device_one = embed_images(single, paths, progress=False)
+    two, device_two = embed_images(plan_extraction(table, tiny_backbone(batch_size=4, devices=2)), paths,
+                                   progress=False)
+    assert (device_one, device_two) == ("cpu", "2 x cpu")
+    assert two.shape == one.shape == (15, single.model.num_features)
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)  # each rank has one thread: rounding may differ
+    assert np.abs(two - one).max() < 1e-5 and not np.allclose(one[0], one[1])
+
+
+def _write_shards(folder: Path, rows: int, written: tuple[list[int], ...]) -> Path:
+    folder.mkdir()
+    for rank, rank_rows in enumerate(written):
+        shard = np.lib.format.open_memmap(folder / SHARD_FILE.format(rank=rank), mode="w+", dtype=np.float32,
+                                          shape=(rows, 2))
+        shard[rank_rows] = np.array(rank_rows, np.float32)[:, None]
+        shard.flush()
+        del shard
+        np.save(folder / SHARD_ROWS_FILE.format(rank=rank), np.array(rank_rows))
+    return folder
+
+
+def test_shards_merge_in_dataset_order_and_rows_no_rank_wrote_are_refused(tmp_path: Path):
+    merged = merge_shards(_write_shards(tmp_path / "complete", 3, ([0, 2], [1])), 3, tmp_path / "matrix.npy")
+    np.testing.assert_array_equal(merged[:, 0], [0, 1, 2])
+
+    with pytest.raises(RuntimeError, match="wrote 3 of 4 rows"):  # a rank that died before writing row 3
+        merge_shards(_write_shards(tmp_path / "killed", 4, ([0, 2], [1])), 4, tmp_path / "other.npy")
+    assert not (tmp_path / "other.npy").exists()
+
+
+def test_bench_extract_measures_forward_decode_and_end_to_end(image_tree: Path, tmp_path: Path):
+    from ris.bench.extract import plot_extract, run_extract_benchmark
+
+    table, _ = scan_images(image_tree, progress=False)
+    table.to_parquet(tmp_path / "images.parquet", index=False)
+    result = run_extract_benchmark(tiny_backbone(batch_size=4), tmp_path / "images.parquet", image_tree, [],
+                                   limit=None, forward_seconds=0.05, decode_count=5)
+    assert result["model"] == "test_efficientnet" and result["input_size"] == [3, 160, 160]
+    assert result["end_to_end"]["images"] == 12 and result["end_to_end"]["images_per_second"] > 0
+    assert result["decode_one_core_images_per_second"] > 0
+    rates = [item["images_per_second"] for item in result["forward_only"]]
+    assert all(rate > 0 for rate in rates) and len(rates) == len({json.dumps({k: v for k, v in item.items()
+                                                                              if k != "images_per_second"})
+                                                                   for item in result["forward_only"]})
+    fastest = result["fastest_forward"]
+    assert fastest["images_per_second"] >= max(rates)
+    assert result["ratio"] == pytest.approx(result["end_to_end"]["images_per_second"] / fastest["images_per_second"])
+    assert result["target"]["holds"] == (result["ratio"] >= 0.85)
+    json.dumps(result)  # what the command writes
+    assert plot_extract(result, tmp_path / "bench.png").stat().st_size > 0
