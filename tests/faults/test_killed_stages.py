@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -38,17 +39,37 @@ def _stage(name: str, params: Path) -> list[str]:
     return [sys.executable, "-m", "ris.cli", "stage", name, "--params", str(params)]
 
 
-def test_extract_killed_while_embedding_leaves_no_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _running_with(text: str) -> list[int]:
+    """Process ids whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("devices, when", [(1, "embedding 160 images"),
+                                           (2, "All distributed processes registered")])
+def test_extract_killed_while_embedding_leaves_no_store(devices: int, when: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     make_image_tree(tmp_path / "source", classes=4, per_class=40, size=96)
-    params = compose_params([f"data.source_dir={tmp_path / 'source'}", *TINY_PIPELINE, "backbone.batch_size=1"],
-                            out=tmp_path / "params.yaml")
+    params = compose_params([f"data.source_dir={tmp_path / 'source'}", *TINY_PIPELINE, "backbone.batch_size=1",
+                             f"backbone.devices={devices}"], out=tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     cfg = read_params(params)
     download.run(cfg)
     split.run(cfg)
     features = tmp_path / "artifacts/features/test_efficientnet"
 
-    _kill_when(_stage("extract", params), tmp_path, "embedding 160 images")
+    _kill_when(_stage("extract", params), tmp_path, when)
+    # The ranks die with the process that started them (at once, not when their share is done).
+    deadline = time.monotonic() + 1.0
+    while _running_with(str(params)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _running_with(str(params)) == []
     assert not features.exists()
     assert not list(features.parent.glob("*.partial"))
 
