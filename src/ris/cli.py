@@ -32,7 +32,7 @@ commands:
   bench search [--scale caltech|million] [--only GROUP ...]
                                      every index family swept: recall@10 against QPS, build time, memory, the
                                      wrapper against the raw library call -> reports/bench/search/ (JSON, PNG)
-  bench extract [--limit N] [--batch-size B] [--workers W]
+  bench extract [--limit N] [--batch-size B] [--workers W] [--devices D]
                                      extraction end to end against the model's fastest forward-only pass and
                                      decoding on one core -> reports/bench/extract/ (JSON, PNG)
 

@@ -116,7 +116,7 @@ def forward_settings(cuda: bool, cpus: int) -> list[dict[str, Any]]:
 
 
 def decode_only(plan: ExtractionPlan, paths: list[Path], count: int) -> float:
-    """Images per second of the DataLoader's work (read, decode, resize, crop, normalise) on one core."""
+    """Images per second of the DataLoader's work (read, decode, resize, crop to uint8) on one core."""
     dataset = ImageFileDataset(paths[:count], uint8_eval_transform(plan.data_config))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
@@ -179,7 +179,6 @@ def run_extract_benchmark(backbone: BackboneConfig, table_path: Path, images_dir
     fastest = dict(max(forward, key=lambda item: item["images_per_second"]))
     # Measured again right after: a shared machine's speed drifts, and the ratio's denominator is the best seen.
     again = forward_in_processes(plan.model, input_size, fastest, forward_seconds)
-    plan.model.to(memory_format=torch.contiguous_format)
     fastest.update(images_per_second=max(again, fastest["images_per_second"]), first=fastest["images_per_second"],
                    again=again)
     print(f"fastest forward only again: {again:.1f} images/s", flush=True)
