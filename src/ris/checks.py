@@ -26,8 +26,8 @@ def checked_config(raw: dict[str, Any] | DictConfig, *, check_model: bool = Fals
 
     Args:
         raw: the composed configuration.
-        check_model: also check that ``backbone.name`` is a timm model (imports timm, a few seconds), as the
-            entry points that start work do.
+        check_model: also check that every backbone of ``grid.backbones`` is a timm model (imports timm, a few
+            seconds), as the entry points that start work do.
 
     Raises:
         ConfigError: naming the offending key (and the allowed values where there is a fixed set).
@@ -35,7 +35,8 @@ def checked_config(raw: dict[str, Any] | DictConfig, *, check_model: bool = Fals
     cfg = load_config(raw)
     check_registries(cfg)
     if check_model:
-        check_backbone_name(cfg.backbone.name)
+        for name in dict.fromkeys([cfg.backbone.name, *cfg.grid.backbones]):
+            check_backbone_name(name)
     return cfg
 
 

@@ -25,7 +25,8 @@ USAGE = """ris [--debug] <command> [args]
 commands:
   search IMAGE_OR_FOLDER ... [-k K] [--dim D] [--index I] [--json]
                                      find the collection images most like each query (ris search --help)
-  stage NAME [--dim D] [--index I]   run one DVC stage from params.yaml ({stages})
+  stage NAME [--backbone B] [--dim D] [--index I]
+                                     run one DVC stage from params.yaml ({stages})
   run [-m] [OVERRIDES ...]           evaluate a grid in memory with Hydra, one MLflow run per cell and protocol
                                      (-m sweeps, e.g. -m grid.dims=64,128 grid.indexes=annoy,brute)
   compose [OVERRIDES ...]            write params.yaml: conf/ composed with Hydra, as `dvc exp run -S` does
@@ -84,7 +85,8 @@ def compose_config(overrides: Sequence[str], conf_dir: Path | None = None) -> tu
     cfg = checked_config(composed, check_model=True)  # type: ignore[arg-type]
     check_loss(cfg.finetune.loss.name)
     # dvc.yaml's matrix stages need lists: a single grid value is written as a one-element list.
-    composed.grid.dims, composed.grid.indexes = cfg.grid.dims, cfg.grid.indexes
+    composed.grid.backbones, composed.grid.dims, composed.grid.indexes = \
+        cfg.grid.backbones, cfg.grid.dims, cfg.grid.indexes
     return composed, cfg
 
 
@@ -165,7 +167,7 @@ def run_command(command: str, rest: list[str]) -> None:
         sys.exit("ris bench: name a benchmark, `ris bench search` or `ris bench extract` (--help for its options)")
     elif command == "stage":
         if rest[:1] in (["-h"], ["--help"]):
-            print("ris stage NAME [--params params.yaml] [--dim D] [--index I] [--training T]\n"
+            print("ris stage NAME [--params params.yaml] [--backbone B] [--dim D] [--index I] [--training T]\n"
                   f"stages: {', '.join(STAGES)}")
             return
         if not rest or rest[0] not in STAGES:

@@ -85,7 +85,8 @@ class BackboneConfig:
     gem_p: float = 3.0  # GeM's exponent (1 is average pooling, large values approach max pooling)
     channels_last: bool = True  # run convolutions in NHWC: the same embeddings, faster on CPU and on tensor cores
     # Processes embedding side by side, one shard each: an integer, or auto (every GPU; on a CPU one single-threaded
-    # process per core, which beat one process using every core by 1.2-1.4x on 2 cores: ris bench extract).
+    # process per core, which beat one process using every core on 2 cores by 1.13x forward-only and 1.36x end to
+    # end: ris bench extract).
     devices: Any = "auto"
     strategy: str = "ddp_fork"  # how Lightning starts them when devices > 1: ddp_fork, or ddp_spawn
 
@@ -191,12 +192,15 @@ class EvalConfig:
 
 @dataclass
 class GridConfig:
-    """The cells evaluated: every dimension with every index of the catalogue named here.
+    """The cells evaluated: for every backbone named here, every dimension with every index of the catalogue.
 
+    ``backbones`` names the primary ``backbone`` and keys of the ``backbones`` catalogue (empty: the primary alone);
+    each backbone's features, PCA sweep and cells are cached on their own, so adding one extracts only that one.
     `dvc repro` runs them as matrix stages; a `ris run` job runs its own (usually one-cell) grid in memory.
     A single value is taken as a one-element list, so ``ris run -m grid.dims=64,128`` sweeps one cell per job.
     """
 
+    backbones: Any = field(default_factory=list)
     dims: Any = field(default_factory=lambda: [FULL_DIM, 100])
     indexes: Any = field(default_factory=lambda: ["brute", "annoy"])
 
@@ -273,7 +277,10 @@ class Config:
     """The whole composed configuration."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    # The primary backbone: the one searched, served and fine-tuned (and the grid's, unless grid.backbones says more).
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # Further backbones the grid may compare (grid.backbones), by name: conf/backbone/*.yaml composed under this key.
+    backbones: dict[str, BackboneConfig] = field(default_factory=dict)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     indexes: dict[str, IndexConfig] = field(default_factory=dict)
     rerankers: dict[str, RerankerConfig] = field(default_factory=dict)
@@ -315,10 +322,32 @@ def load_config(raw: dict[str, Any] | DictConfig) -> Config:
         message = str(getattr(error, "msg", error)).splitlines()[0]
         raise ConfigError(f"config key '{key}': {message}") from error
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    cfg.grid.backbones = _as_list(cfg.grid.backbones) or [cfg.backbone.name]
     cfg.grid.dims = _as_list(cfg.grid.dims)
     cfg.grid.indexes = _as_list(cfg.grid.indexes)
     validate(cfg)
     return cfg
+
+
+def grid_backbone(cfg: Config, name: str) -> BackboneConfig:
+    """The settings of ``name``, a backbone of ``grid.backbones``: the primary ``backbone``, or its catalogue entry.
+
+    Raises:
+        ConfigError: ``name`` is neither.
+    """
+    if name == cfg.backbone.name:
+        return cfg.backbone
+    if name in cfg.backbones:
+        return cfg.backbones[name]
+    raise ConfigError(f"backbone {name!r} is neither the primary backbone ({cfg.backbone.name}) nor a key of "
+                      f"'backbones' ({', '.join(cfg.backbones) or 'empty'}): add it with "
+                      f"+backbone@backbones.{name}={name}")
+
+
+def with_backbone(cfg: Config, name: str) -> Config:
+    """``cfg`` with ``name`` (a backbone of the grid) in the place of ``backbone``: what a grid stage runs on, so the
+    paths, stores and reports it reads and writes are that backbone's."""
+    return dataclasses.replace(cfg, backbone=grid_backbone(cfg, name))
 
 
 def known_keys(key: str) -> list[str] | None:
@@ -444,23 +473,42 @@ def validate(cfg: Config) -> None:
         _choice(f"eval.rerank.rerankers[{position}]", name, tuple(cfg.rerankers))
     for position, name in enumerate(cfg.eval.rerank.indexes):
         _choice(f"eval.rerank.indexes[{position}]", name, tuple(cfg.indexes))
-    _positive("backbone.batch_size", cfg.backbone.batch_size)
-    _at_least_zero("backbone.num_workers", cfg.backbone.num_workers)
-    _choice("backbone.precision", cfg.backbone.precision, PRECISIONS)
-    _choice("backbone.accelerator", cfg.backbone.accelerator, ACCELERATORS)
-    if cfg.backbone.devices != "auto":
-        if isinstance(cfg.backbone.devices, bool) or not isinstance(cfg.backbone.devices, int):
-            raise ConfigError(f"config key 'backbone.devices' is {cfg.backbone.devices!r}; give a number or auto")
-        _positive("backbone.devices", cfg.backbone.devices)
-    _choice("backbone.strategy", cfg.backbone.strategy, EXTRACT_STRATEGIES)
-    if cfg.backbone.pool is not None:
-        _choice("backbone.pool", cfg.backbone.pool, POOLS)
-    if cfg.backbone.gem_p <= 0:
-        raise ConfigError(f"config key 'backbone.gem_p' is {cfg.backbone.gem_p!r}; it must be above 0")
+    _check_backbone("backbone", cfg.backbone)
+    for name, backbone in cfg.backbones.items():
+        if name == cfg.backbone.name:
+            raise ConfigError(f"config key 'backbones.{name}' repeats the primary backbone; set backbone.* instead")
+        if backbone.name != name:
+            raise ConfigError(f"config key 'backbones.{name}.name' is {backbone.name!r}; a catalogue entry is keyed "
+                              f"by its model's name: use backbones.{backbone.name}")
+        _check_backbone(f"backbones.{name}", backbone)
+    if len(set(cfg.grid.backbones)) != len(cfg.grid.backbones):
+        raise ConfigError(f"config key 'grid.backbones' names a backbone twice: {cfg.grid.backbones}")
+    for position, name in enumerate(cfg.grid.backbones):
+        _choice(f"grid.backbones[{position}]", name, (cfg.backbone.name, *cfg.backbones))
+    if cfg.backbone.name not in cfg.grid.backbones:
+        raise ConfigError(f"config key 'grid.backbones' leaves out the primary backbone {cfg.backbone.name}, which "
+                          "the fine-tune and `ris search` use: list it, or make another one primary with "
+                          "backbone=NAME")
     _check_split(cfg.data.split)
     _check_finetune(cfg.finetune, cfg.backbone)
     if not (cfg.data.url or cfg.data.archive or cfg.data.source_dir or _env_source()):
         raise ConfigError("config keys 'data.url', 'data.archive' and 'data.source_dir' are all empty; set one")
+
+
+def _check_backbone(key: str, backbone: BackboneConfig) -> None:
+    _positive(f"{key}.batch_size", backbone.batch_size)
+    _at_least_zero(f"{key}.num_workers", backbone.num_workers)
+    _choice(f"{key}.precision", backbone.precision, PRECISIONS)
+    _choice(f"{key}.accelerator", backbone.accelerator, ACCELERATORS)
+    if backbone.devices != "auto":
+        if isinstance(backbone.devices, bool) or not isinstance(backbone.devices, int):
+            raise ConfigError(f"config key '{key}.devices' is {backbone.devices!r}; give a number or auto")
+        _positive(f"{key}.devices", backbone.devices)
+    _choice(f"{key}.strategy", backbone.strategy, EXTRACT_STRATEGIES)
+    if backbone.pool is not None:
+        _choice(f"{key}.pool", backbone.pool, POOLS)
+    if backbone.gem_p <= 0:
+        raise ConfigError(f"config key '{key}.gem_p' is {backbone.gem_p!r}; it must be above 0")
 
 
 def _check_finetune(finetune: FinetuneConfig, backbone: BackboneConfig) -> None:
@@ -472,6 +520,10 @@ def _check_finetune(finetune: FinetuneConfig, backbone: BackboneConfig) -> None:
     if finetune.depth == "blocks" and not backbone.tail_from:
         raise ConfigError(f"config key 'backbone.tail_from' is empty, but finetune.depth=blocks needs it: name the "
                           f"module where {backbone.name}'s last blocks begin (or use finetune.depth=head)")
+    if finetune.depth == "head" and finetune.inputs == "images":
+        raise ConfigError("config key 'finetune.inputs' is 'images', but finetune.depth=head trains only the "
+                          "projection, on the frozen backbone's stored embeddings: set finetune.inputs=cached (or "
+                          "finetune.depth=blocks or full to train on augmented images)")
     if finetune.depth == "head" and finetune.embedding_dim is None:
         raise ConfigError("config key 'finetune.embedding_dim' is null, but finetune.depth=head trains only the "
                           "projection: give it a width")

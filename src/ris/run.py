@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ris.artifacts import ArtifactError
 from ris.cell import grid_cells, run_cell, track_cell
 from ris.checks import checked_config
-from ris.config import Config
+from ris.config import Config, with_backbone
 from ris.data.catalog import check_unchanged, image_root, read_image_table
 from ris.data.prepare import ensure_collection
 from ris.data.split import split_collection, splits_for_rows
@@ -96,15 +96,17 @@ def splits_for(cfg: Config, features: FeatureSet) -> np.ndarray:
 
 
 def run_grid(cfg: Config) -> list[dict]:
-    """Evaluate and track every cell of ``cfg.grid``; return their reports."""
-    features = features_for(cfg)
-    splits = splits_for(cfg, features)
+    """Evaluate and track every cell of ``cfg.grid``, backbone by backbone; return their reports."""
     reports = []
-    for cell in grid_cells(cfg):
-        result = run_cell(cfg, cell, features, splits)
-        track_cell(cfg, result, source="hydra", features_key=features.key)
-        log.info("%s: %s", cell.name, json.dumps(result.report()["protocols"], default=float))
-        reports.append(result.report())
+    for name in cfg.grid.backbones:
+        backbone_cfg = with_backbone(cfg, name)
+        features = features_for(backbone_cfg)
+        splits = splits_for(backbone_cfg, features)
+        for cell in grid_cells(backbone_cfg):
+            result = run_cell(backbone_cfg, cell, features, splits)
+            track_cell(backbone_cfg, result, source="hydra", features_key=features.key)
+            log.info("%s: %s", cell.name, json.dumps(result.report()["protocols"], default=float))
+            reports.append(result.report())
     return reports
 
 

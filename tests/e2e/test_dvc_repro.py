@@ -175,6 +175,6 @@ def test_dvc_exp_run_recomposes_params_with_hydra_and_reuses_cached_stages(repro
     overrides = [f"data.source_dir={source_dir}", *TINY_OVERRIDES, "grid.dims=[full,4]"]
     log = _run(["dvc", "exp", "run", *[arg for override in overrides for arg in ("-S", override)]], reproduced).stdout
     assert yaml.safe_load((reproduced / "params.yaml").read_text())["grid"]["dims"] == ["full", 4]
-    assert "Running stage 'extract'" not in log and "Running stage 'reduce@4'" in log
+    assert "Running stage 'extract@" not in log and "Running stage 'reduce@test_efficientnet-4'" in log
     assert (reproduced / "reports/metrics/test_efficientnet/4-annoy.json").exists()
     assert "| 4 " in (reproduced / "reports/results.md").read_text()

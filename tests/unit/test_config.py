@@ -92,6 +92,7 @@ def test_valid_overrides(overrides: list[str]) -> None:
     (["+indexes.hnsw.params.ef_search=3"], "indexes.hnsw.params.ef_search", "M, ef_construction, ef, seed"),
     (["finetune.depth=everything"], "finetune.depth", "head, blocks, full"),
     (["finetune.depth=full"], "finetune.inputs", None),
+    (["finetune.depth=head", "finetune.inputs=images"], "finetune.inputs", None),
     (["backbone.tail_from=null"], "backbone.tail_from", None),
     (["finetune.trainings=[all]"], "finetune.trainings[0]", "heldout, unseen-classes"),
     (["finetune.lr=0"], "finetune.lr", None),
@@ -120,7 +121,10 @@ def test_every_experiment_preset_composes_and_applies_last(experiment: str) -> N
     cfg = checked_config(_compose([f"experiment={experiment}"]), check_model=True)
     preset = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml")
     assert cfg.grid.dims == list(preset.grid.dims) and cfg.grid.indexes == list(preset.grid.indexes)
-    assert cfg.backbone.pool == preset.backbone.pool
+    if "backbone" in preset:
+        assert cfg.backbone.pool == preset.backbone.pool
+    if "backbones" in preset.grid:
+        assert cfg.grid.backbones == list(preset.grid.backbones) and set(cfg.backbones) <= set(cfg.grid.backbones)
     assert checked_config(_compose([f"experiment={experiment}", "grid.dims=[64]"])).grid.dims == [64]
 
 
@@ -185,3 +189,43 @@ def test_compose_params_rejects_bad_override(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"indexes\.annoy\.metric"):
         compose_params(["indexes.annoy.metric=cosine"], out=tmp_path / "p.yaml", conf_dir=CONF_DIR)
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_the_grid_runs_the_primary_backbone_alone_by_default() -> None:
+    cfg = checked_config(_compose([]))
+    assert cfg.grid.backbones == [cfg.backbone.name] and cfg.backbones == {}
+    assert checked_config(_compose(["grid.backbones=[]"])).grid.backbones == ["mobilenetv2_100"]  # empty: the primary
+
+
+def test_a_catalogue_backbone_joins_the_grid_and_a_stage_runs_on_it() -> None:
+    from ris.config import grid_backbone, with_backbone
+    from ris.paths import PipelinePaths
+
+    cfg = checked_config(_compose(["+backbone@backbones.tf_efficientnet_lite0=tf_efficientnet_lite0",
+                                   "grid.backbones=[mobilenetv2_100,tf_efficientnet_lite0]"]))
+    assert grid_backbone(cfg, "tf_efficientnet_lite0").tail_from == "blocks.6"
+    lite = with_backbone(cfg, "tf_efficientnet_lite0")
+    assert lite.backbone.name == "tf_efficientnet_lite0" and cfg.backbone.name == "mobilenetv2_100"
+    assert PipelinePaths(lite).features_dir.as_posix() == "artifacts/features/tf_efficientnet_lite0"
+    assert with_backbone(cfg, "mobilenetv2_100").backbone is cfg.backbone
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["grid.backbones=[mobilenetv2_100,resnet50]"],
+     r"grid\.backbones\[1\]' is 'resnet50'; allowed values: mobilenetv2_100"),
+    (["grid.backbones=[mobilenetv2_100,mobilenetv2_100]"], "names a backbone twice"),
+    (["+backbone@backbones.resnet50=resnet50", "grid.backbones=[resnet50]"], "leaves out the primary backbone"),
+    (["+backbone@backbones.mobilenetv2_100=mobilenetv2_100"], "repeats the primary backbone"),
+    (["+backbone@backbones.vgg=vgg16"], r"'backbones\.vgg\.name' is 'vgg16'"),
+    (["+backbone@backbones.resnet50=resnet50", "backbones.resnet50.pool=mean"], r"'backbones\.resnet50\.pool'"),
+])
+def test_bad_grid_backbones_are_refused_naming_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        checked_config(_compose(overrides))
+
+
+def test_a_stage_refuses_a_backbone_outside_the_grid() -> None:
+    from ris.config import grid_backbone
+
+    with pytest.raises(ConfigError, match=r"neither the primary backbone \(mobilenetv2_100\) nor a key of 'backbones'"):
+        grid_backbone(checked_config(_compose([])), "resnet50")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,19 +10,27 @@ import pytest
 import yaml
 from conftest import build_tiny_pipeline
 
+from ris.cell import grid_cells
 from ris.checks import read_params
-from ris.stages import evaluate, report
+from ris.config import with_backbone
+from ris.stages import evaluate, extract, index, pca_sweep, reduce, report
+
+SWEEP = ["tracking.enabled=false", "reduce.sweep.dims=[4,8,full]"]
 
 
 def test_cells_that_left_the_grid_leave_no_metric_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    params = build_tiny_pipeline(tmp_path, ["tracking.enabled=false"])
+    params = build_tiny_pipeline(tmp_path, SWEEP)
     monkeypatch.chdir(tmp_path)
     cfg = read_params(params)
-    from ris.cell import grid_cells
-
+    pca_sweep.run(cfg)
     for cell in grid_cells(cfg):
         evaluate.run(cfg, cell)
-    report.run(cfg)
+    table = report.run(cfg)
+    # The served cell (search.dim=8, search.index=annoy) sums the run up at keys no backbone or grid changes.
+    summary = json.loads((tmp_path / "reports/summary.json").read_text())
+    assert (summary["backbone"], summary["dim"], summary["index"]) == ("test_efficientnet", "8", "annoy")
+    served = table[(table["dim"] == "8") & (table["index"] == "annoy") & (table["rerank"] == "none")]
+    assert summary["heldout"]["map_at_r"] == served.set_index("protocol").loc["heldout", "map_at_r"]
     metrics = tmp_path / "reports/metrics/test_efficientnet"
     assert sorted(path.name for path in metrics.iterdir()) == ["8-annoy.json", "8-brute.json", "full-annoy.json",
                                                                "full-brute.json"]
@@ -40,3 +49,52 @@ def test_cells_that_left_the_grid_leave_no_metric_files(tmp_path: Path, monkeypa
         "reports/metrics/test_efficientnet/8-brute.json"]
     assert not stray.parent.exists()
     assert len(pd.read_csv(tmp_path / "reports/results.csv")) == len(table)
+    summary = json.loads((tmp_path / "reports/summary.json").read_text())
+    assert (summary["dim"], summary["index"]) == ("8", "brute")  # the served cell left the grid: its first cell
+
+
+def test_two_backbones_each_get_their_cells_and_a_row_of_the_backbone_table(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalogue backbone beside the primary: its own features, sweep and cells; the primary is not re-embedded;
+    the backbone table's exact-search accuracy equals the grid's exact cells, and random weights show no accuracy."""
+    second = ["+backbones.test_resnet.name=test_resnet", "+backbones.test_resnet.pretrained=false",
+              "+backbones.test_resnet.num_workers=0", "+backbones.test_resnet.devices=1",
+              "grid.backbones=[test_efficientnet,test_resnet]"]
+    params = build_tiny_pipeline(tmp_path, [*SWEEP, *second])
+    monkeypatch.chdir(tmp_path)
+    cfg = read_params(params)
+    assert cfg.grid.backbones == ["test_efficientnet", "test_resnet"]
+    assert extract.run(cfg)["embedded"] == 0  # the primary's images are already embedded: only the cache is read
+    for name in cfg.grid.backbones:
+        each = with_backbone(cfg, name)
+        if name == "test_resnet":
+            assert extract.run(each)["embedded"] == 18
+            for dim in (None, 8):
+                reduce.run(each, dim)
+                for index_name in ("brute", "annoy"):
+                    index.run(each, dim, index_name)
+        pca_sweep.run(each)
+        for cell in grid_cells(each):
+            evaluate.run(each, cell)
+    assert (tmp_path / "artifacts/features/test_resnet").is_dir() and (tmp_path / "reports/pca/test_resnet").is_dir()
+    table = report.run(cfg)
+    assert list(dict.fromkeys(table["backbone"])) == ["test_efficientnet", "test_resnet"]
+
+    backbones = pd.read_csv(tmp_path / "reports/backbones.csv")
+    assert list(backbones["backbone"]) == ["test_efficientnet", "test_resnet"]
+    assert (backbones["parameters"] > 0).all() and (backbones["gflops"] > 0).all()
+    assert list(backbones["feature_dim"]) == [extract.run(with_backbone(cfg, name))["dim"]
+                                              for name in cfg.grid.backbones]
+    for name in cfg.grid.backbones:
+        exact = table[(table["backbone"] == name) & (table["dim"] == "full") & (table["index"] == "brute")
+                      & (table["rerank"] == "none")].set_index("protocol")
+        for protocol in cfg.eval.protocols:
+            assert backbones.loc[backbones["backbone"] == name, f"{protocol}/full/map_at_r"].item() == \
+                pytest.approx(exact.loc[protocol, "map_at_r"], abs=1e-9)
+    # Both are random-weight backbones: every accuracy cell of the Markdown says so instead of showing a number.
+    accuracy_rows = [line for section in (tmp_path / "reports/backbones.md").read_text().split("### Accuracy")[1:]
+                     for line in section.splitlines() if line.startswith("| test_")]
+    assert len(accuracy_rows) == 2 * len(cfg.eval.protocols)
+    for line in accuracy_rows:
+        cells = [cell.strip() for cell in line.strip("|").split("|")][2:]
+        assert cells and all(cell == "random weights" for cell in cells)

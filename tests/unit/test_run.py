@@ -128,3 +128,24 @@ def test_run_reuses_stored_features_when_the_weights_are_gone(tmp_path: Path, mo
     make_image_tree(tmp_path / "other", classes=3, per_class=4)
     with pytest.raises(SystemExit, match="does not exist"):
         main(["run", f"data.source_dir={tmp_path / 'other'}", *other_images])
+
+
+def test_a_run_over_two_backbones_extracts_and_tracks_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = make_image_tree(tmp_path / "collection", classes=3, per_class=5)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    second = ["+backbones.test_resnet.name=test_resnet", "+backbones.test_resnet.pretrained=false",
+              "+backbones.test_resnet.num_workers=0", "grid.backbones=[test_efficientnet,test_resnet]"]
+    main(["run", "grid.dims=4", "grid.indexes=brute", "eval.rerank.indexes=[]", *_tiny_overrides(images), *second])
+    for name in ("test_efficientnet", "test_resnet"):
+        stores = (tmp_path / f"artifacts/cache/features/{name}").iterdir()
+        assert any(not store.name.startswith(".") for store in stores)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ris").experiment_id])
+    assert sorted((run.data.tags["backbone"], run.data.tags["protocol"]) for run in runs) == sorted(
+        (name, protocol) for name in ("test_efficientnet", "test_resnet") for protocol in ("book", "heldout"))
+    keys = {run.data.tags["backbone"]: run.data.params["features.key"] for run in runs}
+    assert keys["test_efficientnet"] != keys["test_resnet"]  # each backbone's own features

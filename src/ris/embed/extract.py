@@ -19,7 +19,7 @@ import torch
 from ris.artifacts import write_description
 from ris.config import BackboneConfig
 from ris.embed.cache import EmbeddingCache, copy_rows
-from ris.embed.lightning import EmbeddingModule, ImageDataModule, predict_matrix, uint8_eval_transform
+from ris.embed.lightning import EmbeddingModule, ImageDataModule, predict_matrix, resolve_devices, uint8_eval_transform
 from ris.embed.pooling import pooled_backbone
 from ris.embed.store import (
     EMBEDDINGS_FILE,
@@ -107,8 +107,9 @@ def embed_images(plan: ExtractionPlan, paths: list[Path], *, progress: bool = Tr
                            sha256=sha256)
     module = EmbeddingModule(plan.model, backbone.normalize, backbone.channels_last, plan.data_config["mean"],
                              plan.data_config["std"])
-    log.info("embedding %d images with %s (%s weights, %s) on %s %s device(s)", len(paths), backbone.name,
-             plan.source.kind, plan.data_config, backbone.devices, backbone.accelerator)
+    log.info("embedding %d images with %s (%s weights, %s) on %d %s process(es)", len(paths), backbone.name,
+             plan.source.kind, plan.data_config, resolve_devices(backbone.devices, backbone.accelerator),
+             backbone.accelerator)
     with tempfile.TemporaryDirectory(prefix="ris-embed-") as scratch:
         path = into or Path(scratch) / EMBEDDINGS_FILE
         device = predict_matrix(module, data, path, accelerator=backbone.accelerator, devices=backbone.devices,

@@ -81,6 +81,19 @@ def _rerank_note(part: pd.DataFrame) -> str:
             "search the reranker makes.\n")
 
 
+def headline_summary(metrics_file: Path) -> dict:
+    """The few numbers that say how one cell did, at keys that do not depend on the backbone or the grid (so
+    `dvc exp show` and `dvc metrics diff` line any two experiments up): per protocol its retrieval metrics, and the
+    cell's dimension, latency and throughput."""
+    report = json.loads(metrics_file.read_text())
+    cell = report["cell"]
+    summary = {"backbone": report["backbone"], "dim": report["dim"], "index": report["index"],
+               "vector_dim": cell["vector_dim"], "latency_p50_us": cell["latency_p50_us"], "qps": cell["qps"]}
+    for protocol, metrics in report["protocols"].items():
+        summary[protocol] = {key: value for key, value in metrics.items() if key not in ("queries", "gallery_size")}
+    return summary
+
+
 def stale_metric_files(metrics_root: Path, current: Iterable[Path]) -> list[Path]:
     """The metric files under ``metrics_root`` that are not ``current`` (cells that left the grid), sorted."""
     keep = {path.resolve() for path in current}

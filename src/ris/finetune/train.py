@@ -112,8 +112,6 @@ def finetune(plan: ExtractionPlan, features: FeatureSet, splits: np.ndarray, tra
     if cfg.depth == "head":  # the stored embeddings are the frozen backbone's output
         trunk, tail = nn.Identity(), (L2Normalize() if plan.backbone.normalize else nn.Identity())
         inputs = features.embeddings
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
     elif cfg.depth == "blocks":
         trunk, tail = split_backbone(model, plan.backbone.tail_from or "", input_size)
         if cfg.inputs == "cached":

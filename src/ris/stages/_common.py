@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from ris.config import Config, read_config_file
+from ris.config import Config, read_config_file, with_backbone
 from ris.errors import UserFacingError
 
 log = logging.getLogger("ris.stages")
@@ -20,11 +20,14 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def parse_stage_args(stage: str, argv: Sequence[str] | None, *, dim: bool = False,
+def parse_stage_args(stage: str, argv: Sequence[str] | None, *, backbone: bool = False, dim: bool = False,
                      index: bool = False) -> argparse.Namespace:
-    """``--params`` for every stage; ``--dim`` (and ``--index``) for the grid stages."""
+    """``--params`` for every stage; ``--backbone`` (and ``--dim``, ``--index``) for the grid stages."""
     parser = argparse.ArgumentParser(prog=f"ris stage {stage}")
     parser.add_argument("--params", default="params.yaml", help="the composed config (default: params.yaml)")
+    if backbone:
+        parser.add_argument("--backbone", default=None,
+                            help="a backbone of grid.backbones (default: the primary backbone)")
     if dim:
         parser.add_argument("--dim", required=True, help="grid dimension: an integer or 'full'")
     if index:
@@ -33,9 +36,14 @@ def parse_stage_args(stage: str, argv: Sequence[str] | None, *, dim: bool = Fals
 
 
 def load_stage_config(args: argparse.Namespace) -> Config:
-    """Read params.yaml and check it against the schema (stages that use registries check those themselves)."""
+    """Read params.yaml and check it against the schema (stages that use registries check those themselves).
+
+    With ``--backbone``, that backbone of the grid takes the place of ``backbone``, so the stage reads and writes
+    its paths."""
     setup_logging()
-    return read_config_file(args.params)
+    cfg = read_config_file(args.params)
+    name = getattr(args, "backbone", None)
+    return cfg if name is None else with_backbone(cfg, name)
 
 
 def stage_main(stage: str, body: Callable[[], object]) -> None:

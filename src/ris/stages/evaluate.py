@@ -36,7 +36,7 @@ def run(cfg: Config, cell: Cell) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_stage_args("evaluate", argv, dim=True, index=True)
+    args = parse_stage_args("evaluate", argv, backbone=True, dim=True, index=True)
 
     def body() -> None:
         cfg = check_registries(load_stage_config(args))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from ris.config import Config
 from ris.data.catalog import check_unchanged, image_root, read_image_table
+from ris.embed.cost import architecture_cost
 from ris.embed.extract import extract_features
 from ris.embed.models import check_backbone_name
 from ris.paths import PipelinePaths, write_json_atomic
@@ -14,7 +15,7 @@ from ris.stages._common import load_stage_config, parse_stage_args, stage_main
 
 
 def run(cfg: Config) -> dict:
-    """Write the feature store for ``cfg.backbone`` and a throughput report."""
+    """Write the feature store for ``cfg.backbone`` and a report: throughput, and the model's size and work."""
     check_backbone_name(cfg.backbone.name)
     paths = PipelinePaths(cfg)
     table = read_image_table(paths.image_table)
@@ -37,13 +38,15 @@ def run(cfg: Config) -> dict:
               "excluded_images": int(table["class"].isin(cfg.data.exclude_classes).sum()),
               "batch_size": cfg.backbone.batch_size, "num_workers": cfg.backbone.num_workers,
               "devices": cfg.backbone.devices, "channels_last": cfg.backbone.channels_last,
-              "pool": cfg.backbone.pool, "precision": cfg.backbone.precision}
+              "pool": cfg.backbone.pool, "precision": cfg.backbone.precision,
+              # what the backbone table shows beside accuracy: parameters and GFLOPs per image at its input size
+              "cost": architecture_cost(cfg.backbone.name, tuple(meta["preprocessing"]["input_size"])).as_dict()}
     write_json_atomic(paths.extract_report, report)
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    stage_main("extract", lambda: run(load_stage_config(parse_stage_args("extract", argv))))
+    stage_main("extract", lambda: run(load_stage_config(parse_stage_args("extract", argv, backbone=True))))
 
 
 if __name__ == "__main__":

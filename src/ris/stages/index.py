@@ -27,7 +27,7 @@ def run(cfg: Config, dim: int | None, index_name: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_stage_args("index", argv, dim=True, index=True)
+    args = parse_stage_args("index", argv, backbone=True, dim=True, index=True)
     stage_main("index", lambda: run(check_registries(load_stage_config(args)), parse_dim(args.dim), args.index))
 
 

@@ -39,7 +39,7 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_stage_args("pca_sweep", argv)
+    args = parse_stage_args("pca_sweep", argv, backbone=True)
     stage_main("pca_sweep", lambda: run(check_registries(load_stage_config(args))))
 
 

@@ -31,7 +31,7 @@ def run(cfg: Config, dim: Dim) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_stage_args("reduce", argv, dim=True)
+    args = parse_stage_args("reduce", argv, backbone=True, dim=True)
     stage_main("reduce", lambda: run(load_stage_config(args), parse_dim(args.dim)))
 
 
