@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-slow params search-examples scale mlflow-ui clean-venv
+.PHONY: install repro test test-slow params search-examples scale bench-search bench-backbones mlflow-ui clean-venv
 
 install: $(INSTALLED)
 
@@ -43,6 +43,9 @@ scale: $(INSTALLED)  ## after `make repro`: per-image cost of every stage here, 
 bench-search: $(INSTALLED)  ## after `make repro`: every index family at Caltech101 scale and at 1M vectors -> reports/bench/search/
 	ris bench search --scale caltech
 	ris bench search --scale million
+
+bench-backbones: $(INSTALLED)  ## every configured backbone's size, GFLOPs and forward speed here -> reports/bench/backbones/
+	ris bench backbones
 
 mlflow-ui: $(INSTALLED)  ## browse every tracked run at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -1,5 +1,5 @@
-"""The `ris` command: `ris search` (find similar images), `ris stage NAME` (the DVC stages), `ris run [-m]`
-(Hydra), `ris compose` (write params.yaml)."""
+"""The `ris` command: `ris search` (find similar images), `ris serve` (the HTTP service), `ris stage NAME` (the DVC
+stages), `ris run [-m]` (Hydra), `ris compose` (write params.yaml), `ris bench ...` (benchmarks)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ USAGE = """ris [--debug] <command> [args]
 commands:
   search IMAGE_OR_FOLDER ... [-k K] [--dim D] [--index I] [--json]
                                      find the collection images most like each query (ris search --help)
+  serve [--host H] [--port P] [--dim D] [--index I]
+                                     an HTTP service and web page over the same index (ris serve --help)
   stage NAME [--backbone B] [--dim D] [--index I]
                                      run one DVC stage from params.yaml ({stages})
   run [-m] [OVERRIDES ...]           evaluate a grid in memory with Hydra, one MLflow run per cell and protocol
@@ -36,6 +38,11 @@ commands:
   bench extract [--limit N] [--batch-size B] [--workers W] [--devices D]
                                      extraction end to end against the model's fastest forward-only pass and
                                      decoding on one core -> reports/bench/extract/ (JSON, PNG)
+  bench backbones [NAME ...]         every configured backbone: feature length, parameters, GFLOPs and
+                                     forward-only images/s here -> reports/bench/backbones/ (JSON, Markdown)
+  bench serve [--clients N] [--requests R]
+                                     POST /search under load on loopback: latency, requests/s, memory
+                                     -> reports/bench/serve/ (JSON)
 
 A problem you can fix (a config key or value, a missing input) is one line on stderr and exit status 1 (2 for
 `ris search` when nothing could run); --debug (or RIS_DEBUG=1) shows the full traceback instead.
@@ -155,6 +162,10 @@ def run_command(command: str, rest: list[str]) -> None:
         from ris.search.command import main as search_main
 
         sys.exit(search_main(rest))
+    elif command == "serve":
+        from ris.serve.command import main as serve_main
+
+        sys.exit(serve_main(rest))
     elif command == "bench":
         if rest[:1] == ["search"]:
             from ris.bench.command import main as bench_main
@@ -164,7 +175,15 @@ def run_command(command: str, rest: list[str]) -> None:
             from ris.bench.extract import main as bench_extract_main
 
             sys.exit(bench_extract_main(rest[1:]))
-        sys.exit("ris bench: name a benchmark, `ris bench search` or `ris bench extract` (--help for its options)")
+        if rest[:1] == ["backbones"]:
+            from ris.bench.backbones import main as bench_backbones_main
+
+            sys.exit(bench_backbones_main(rest[1:]))
+        if rest[:1] == ["serve"]:
+            from ris.bench.serve import main as bench_serve_main
+
+            sys.exit(bench_serve_main(rest[1:]))
+        sys.exit("ris bench: name a benchmark: search, extract, backbones or serve (--help for its options)")
     elif command == "stage":
         if rest[:1] in (["-h"], ["--help"]):
             print("ris stage NAME [--params params.yaml] [--backbone B] [--dim D] [--index I] [--training T]\n"

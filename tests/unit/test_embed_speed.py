@@ -133,3 +133,25 @@ def test_bench_extract_measures_forward_decode_and_end_to_end(image_tree: Path, 
     assert result["target"]["holds"] == (result["ratio"] >= 0.85)
     json.dumps(result)  # what the command writes
     assert plot_extract(result, tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_bench_backbones_counts_what_published_figures_say_and_measures_speed(tmp_path: Path):
+    """ResNet-50 is 25.6 M parameters with its 1000-class head (2.05 M of it): 23.5 M as a feature extractor, and
+    4.1 G multiply-adds at 224 px; a tiny model's forward pass is timed and written, with the machine and date."""
+    from ris.bench.backbones import backbones_bench_markdown, configured_backbones, main, run_backbones_benchmark
+    from ris.paths import conf_dir
+
+    assert configured_backbones(conf_dir())["resnet50"] == "resnet50"
+    result = run_backbones_benchmark({"resnet50": "resnet50", "tiny": "test_efficientnet"}, seconds=0.2,
+                                     batch_size=2)
+    resnet, tiny = result["backbones"]
+    assert (resnet["feature_length"], resnet["input_px"]) == (2048, 224)
+    assert resnet["parameters"] == pytest.approx(23.5e6, rel=0.01) and resnet["gflops"] == pytest.approx(8.2, rel=0.02)
+    assert tiny["forward_images_per_second"] > 0 and tiny["feature_length"] == 256
+    shown = backbones_bench_markdown(result)
+    assert "| resnet50 " in shown and result["date"] in shown
+    assert main(["mobilenetv2_100", "--seconds", "0.2", "--out", str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "cpu.json").read_text())
+    assert [row["backbone"] for row in written["backbones"]] == ["mobilenetv2_100"]
+    assert written["backbones"][0]["parameters"] == 2_223_872  # timm's mobilenetv2_100 without its classifier
+    assert main(["resnet5"]) == 2
