@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test test-slow params search-examples scale bench-search bench-backbones mlflow-ui clean-venv
+.PHONY: install repro test test-slow params search-examples scale bench-search bench-backbones bench-serve serve-screenshot mlflow-ui clean-venv
 
 install: $(INSTALLED)
 
@@ -43,6 +43,13 @@ scale: $(INSTALLED)  ## after `make repro`: per-image cost of every stage here, 
 bench-search: $(INSTALLED)  ## after `make repro`: every index family at Caltech101 scale and at 1M vectors -> reports/bench/search/
 	ris bench search --scale caltech
 	ris bench search --scale million
+
+serve-screenshot: $(INSTALLED)  ## after `make search-examples`: the web page in chromium searching a cat photo -> reports/serve/
+	mkdir -p reports/serve
+	python tests/browser.py $(EXAMPLES)/chelsea.jpg reports/serve/page.png
+
+bench-serve: $(INSTALLED)  ## after `make repro`: POST /search under load on loopback -> reports/bench/serve/cpu.json
+	ris bench serve
 
 bench-backbones: $(INSTALLED)  ## every configured backbone's size, GFLOPs and forward speed here -> reports/bench/backbones/
 	ris bench backbones

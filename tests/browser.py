@@ -1,6 +1,7 @@
 """Drive the `ris serve` web page in a real browser (Playwright on Debian's `chromium` package) as a person would:
 pick a photo, wait for the result grid, click a result to search with it. Used by the tests, and by
-`make serve-screenshot` for the README's screenshot (`python tests/browser.py URL PHOTO SCREENSHOT`)."""
+`make serve-screenshot` for the README's screenshot (`python tests/browser.py PHOTO SCREENSHOT`: it starts
+`ris serve` on the pipeline's cell, searches, and stops it)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,18 @@ def _shown(page) -> dict:  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    shown = search_in_browser(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    import subprocess
+
+    from ris.bench.serve import wait_until_up
+
+    port = 8766
+    server = subprocess.Popen([sys.executable, "-m", "ris.cli", "serve", "--port", str(port)])
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", server)
+        shown = search_in_browser(f"http://127.0.0.1:{port}", Path(sys.argv[1]), Path(sys.argv[2]))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     print(shown["status"])
     print(f"first search: {shown['first']['captions'][:3]}; clicked {shown['clicked_id']}: "
           f"{shown['second']['captions'][:3]}")

@@ -42,7 +42,7 @@ def main(argv: Sequence[str]) -> int:
     # One thread per search for torch and BLAS alike: two pools of two threads on two cores measured 64 ms a query
     # back to back (forward p95 111 ms), one of them at one thread fixed it; parallelism comes from the workers.
     torch.set_num_threads(1)
-    threadpool_limits(1)
+    threadpool_limits(1, user_api="blas")
     cfg = read_params(args.params)
     searcher = (Searcher.from_finetuned(cfg, args.finetuned) if args.finetuned
                 else Searcher.from_pipeline(cfg, args.dim, args.index))
