@@ -179,3 +179,19 @@ def test_the_page_in_a_real_browser_searches_an_outside_photo_and_a_clicked_resu
     assert shown["second"]["ids"][0] == shown["clicked_id"]
     assert "distance 0.000" in shown["second"]["captions"][0]
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_bench_serve_loads_a_real_server_process_and_reports_latency_memory_and_targets(
+        pipeline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ris.bench.serve import run_serve_benchmark
+
+    monkeypatch.chdir(pipeline)
+    result = run_serve_benchmark(Path("params.yaml"), clients=3, requests_per_client=4, warmup=2, k=5,
+                                 port=_free_port(), max_seconds=120, serve_args=["--workers", "2"])
+    assert result["one_client"]["requests"] == 4 and result["concurrent"]["requests"] == 12
+    assert result["one_client"]["errors"] == result["concurrent"]["errors"] == 0
+    latency = result["concurrent"]["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    assert result["memory_mib"]["after_warmup"] > 0 and result["images"] == 18
+    assert set(result["targets"]) == {"one_client_p50_ms", "concurrency_speedup", "no_errors"}
+    assert result["targets"]["no_errors"]["holds"] and result["serve_args"] == ["--workers", "2"]

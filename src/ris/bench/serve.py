@@ -88,7 +88,7 @@ def load(url: str, queries: list[bytes], clients: int, requests_per_client: int,
 
 
 def run_serve_benchmark(params: Path, *, clients: int, requests_per_client: int, warmup: int, k: int,
-                        port: int, max_seconds: float) -> dict[str, Any]:
+                        port: int, max_seconds: float, serve_args: Sequence[str] = ()) -> dict[str, Any]:
     """Start `ris serve` on ``params``' served cell, warm it, load it with one client then ``clients``."""
     cfg = read_params(params)
     paths = PipelinePaths(cfg)
@@ -98,7 +98,8 @@ def run_serve_benchmark(params: Path, *, clients: int, requests_per_client: int,
     queries = [(root / path).read_bytes() for path in chosen]
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([sys.executable, "-m", "ris.cli", "serve", "--port", str(port), "--params",
-                                str(params)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                str(params), *serve_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
     try:
         wait_until_up(url, process)
         load(url, queries, 1, warmup, k, max_seconds)  # warm: first calls allocate and fill caches
@@ -118,6 +119,7 @@ def run_serve_benchmark(params: Path, *, clients: int, requests_per_client: int,
     speedup = many["requests_per_second"] / one["requests_per_second"]
     return {"date": date.today().isoformat(), "device": device_name(), "cpus": len(os.sched_getaffinity(0)),
             "cell": health["cell"], "images": health["images"], "k": k, "query_images": len(queries),
+            "serve_args": list(serve_args),
             "one_client": one, "concurrent": many, "concurrent_again": again,
             "memory_mib": {"after_warmup": memory_before, "after_first_concurrent_round": memory_loaded,
                            "after_second_concurrent_round": memory_after,
@@ -141,9 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="a round stops sending after this long")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/serve"))
+    parser.add_argument("--workers", type=int, default=None, help="passed to `ris serve --workers`")
     args = parser.parse_args(argv)
+    serve_args = [] if args.workers is None else ["--workers", str(args.workers)]
     result = run_serve_benchmark(args.params, clients=args.clients, requests_per_client=args.requests,
-                                 warmup=args.warmup, k=args.k, port=args.port, max_seconds=args.max_seconds)
+                                 warmup=args.warmup, k=args.k, port=args.port, max_seconds=args.max_seconds,
+                                 serve_args=serve_args)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "cpu.json"
     write_json_atomic(out, result)
