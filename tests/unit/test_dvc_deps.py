@@ -250,3 +250,18 @@ def test_stage_deps_name_only_code_the_command_imports() -> None:
     if problems:
         pytest.fail("dvc.yaml stages depend on ris code their command never runs, so changing it re-runs them for "
                     "nothing; fix these deps entries:\n" + "\n".join(problems), pytrace=False)
+
+
+def test_bytecode_caches_inside_source_deps_are_ignored_by_dvc() -> None:
+    """Stages depend on whole source folders; the __pycache__ any import writes there (PYTHONDONTWRITEBYTECODE is
+    not set on a user's machine) must not change their hashes, or every `dvc status` after a run says "modified"."""
+    import subprocess
+    import sys
+
+    dvc = Path(sys.executable).parent / "dvc"
+    paths = ["src/ris/embed/__pycache__/store.cpython-311.pyc", "src/ris/index/brute.pyc"]
+    result = subprocess.run([str(dvc), "check-ignore", *paths], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == paths, result.stdout + result.stderr
+    kept = subprocess.run([str(dvc), "check-ignore", "src/ris/embed/store.py"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert kept.returncode == 1 and not kept.stdout.strip()  # the source itself still counts
