@@ -17,6 +17,7 @@ from ris.artifacts import ArtifactError
 from ris.config import BackboneConfig
 from ris.data.catalog import scan_images
 from ris.embed.extract import extract_features, plan_extraction, select_rows
+from ris.embed.preprocess import eval_transform
 from ris.embed.store import load_features, stored_key
 from ris.embed.weights import WeightsUnavailableError, create_backbone, find_in_weights_dir, resolve_weights
 
@@ -54,11 +55,11 @@ def test_embeddings_are_row_aligned_normalised_and_match_the_model(image_tree: P
     assert features.meta["weights"]["file_name"] == f"{TINY}.r160_in1k.safetensors"
     assert str(folder) not in (tmp_path / "store" / "meta.json").read_text()  # no machine-specific path
 
-    # Row 3's embedding is what the reference weights give for row 3's image with timm's eval preprocessing.
+    # Row 3's embedding is what the reference weights give for row 3's image with the eval preprocessing.
     reference.reset_classifier(0)
     reference.eval()
     config = timm.data.resolve_model_data_config(reference)
-    transform = timm.data.create_transform(**config)
+    transform = eval_transform(config, scaled=True)
     from PIL import Image
 
     with Image.open(image_tree / features.rows["path"][3]) as image:

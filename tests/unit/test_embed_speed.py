@@ -15,7 +15,8 @@ from test_embed import tiny_backbone
 from ris.config import ConfigError
 from ris.data.catalog import scan_images
 from ris.embed.extract import embed_images, extractor_key, plan_extraction
-from ris.embed.lightning import SHARD_FILE, SHARD_ROWS_FILE, EmbeddingModule, merge_shards, uint8_eval_transform
+from ris.embed.lightning import SHARD_FILE, SHARD_ROWS_FILE, EmbeddingModule, merge_shards
+from ris.embed.preprocess import eval_transform
 from ris.embed.pooling import set_global_pool
 from ris.images import open_image
 
@@ -61,12 +62,21 @@ def test_the_pooling_choice_is_part_of_the_extractor_key_and_its_absence_keeps_o
     assert extractor_key(plain.backbone, plain.source, plain.data_config) == plain.extractor_key
 
 
-def test_uint8_batches_normalised_in_the_model_give_the_same_bits_as_timms_float_preprocessing(image_tree: Path):
+def test_a_new_preprocessing_version_changes_the_extractor_key(image_tree: Path, monkeypatch: pytest.MonkeyPatch):
+    table, _ = scan_images(image_tree, progress=False)
+    plan = plan_extraction(table, tiny_backbone())
+    import ris.embed.extract as extract_module
+
+    monkeypatch.setattr(extract_module, "PREPROCESSING_VERSION", extract_module.PREPROCESSING_VERSION + 1)
+    assert extractor_key(plan.backbone, plan.source, plan.data_config) != plan.extractor_key
+
+
+def test_uint8_batches_normalised_in_the_model_give_the_same_bits_as_per_image_float_preprocessing(image_tree: Path):
     model = _model("test_efficientnet")
     config = timm.data.resolve_model_data_config(model)
     images = [open_image(path) for path in sorted(image_tree.rglob("*.jpg"))]
-    floats = torch.stack([timm.data.create_transform(**config)(image) for image in images])
-    uint8 = torch.stack([uint8_eval_transform(config)(image) for image in images])
+    floats = torch.stack([eval_transform(config, scaled=True)(image) for image in images])
+    uint8 = torch.stack([eval_transform(config)(image) for image in images])
     assert uint8.dtype == torch.uint8
     with torch.no_grad():
         expected = EmbeddingModule(model)(floats)

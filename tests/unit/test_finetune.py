@@ -18,6 +18,7 @@ from conftest import make_image_tree
 from ris.artifacts import ArtifactError
 from ris.config import BackboneConfig, ConfigError, EvalConfig, FinetuneConfig, LossConfig
 from ris.embed.extract import plan_extraction
+from ris.embed.preprocess import eval_transform
 from ris.embed.store import FeatureSet
 from ris.evaluate.protocols import PROTOCOLS, unseen_classes
 from ris.finetune import train as train_module
@@ -184,7 +185,7 @@ def test_the_last_blocks_train_on_cached_activations_and_reload_to_the_same_embe
             "embedding_dim": 8, "hidden_dim": None, "normalize_pooled": False}
     FineTunedStore(result.model, meta, result.history).save(tmp_path / "model")
     reloaded = FineTunedStore.load(tmp_path / "model")
-    transform = timm.data.create_transform(**plan.data_config, is_training=False)
+    transform = eval_transform(plan.data_config, scaled=True)
     batch = torch.stack([transform(open_image(path)) for path in (image_tree / path for path in rows["path"])])
     with torch.no_grad():
         trained, loaded = result.model.eval()(batch), reloaded.model(batch)
@@ -212,7 +213,7 @@ def test_the_full_recipe_trains_every_layer_on_augmented_images(tmp_path: Path) 
     assert result.inputs is None and result.precision == "32-true"
     after = result.model.backbone.state_dict()
     assert all(not torch.equal(before[name], after[name]) for name in before if name.endswith("conv_stem.weight"))
-    batch = torch.stack([timm.data.create_transform(**plan.data_config)(open_image(path)) for path in images[:2]])
+    batch = torch.stack([eval_transform(plan.data_config, scaled=True)(open_image(path)) for path in images[:2]])
     with torch.no_grad():
         assert torch.allclose(result.model(batch).norm(dim=1), torch.ones(2), atol=1e-5)
 

@@ -32,7 +32,8 @@ from ris.checks import read_params
 from ris.config import BackboneConfig
 from ris.data.catalog import image_root, read_image_table
 from ris.embed.extract import ExtractionPlan, embed_images, plan_extraction
-from ris.embed.lightning import EmbeddingModule, ImageFileDataset, resolve_devices, uint8_eval_transform
+from ris.embed.lightning import EmbeddingModule, ImageFileDataset, resolve_devices
+from ris.embed.preprocess import eval_transform
 from ris.paths import PipelinePaths, write_json_atomic
 
 CPU_TARGET_RATIO = 0.85  # end to end >= this share of the fastest forward-only, on a CPU
@@ -117,7 +118,7 @@ def forward_settings(cuda: bool, cpus: int) -> list[dict[str, Any]]:
 
 def decode_only(plan: ExtractionPlan, paths: list[Path], count: int) -> float:
     """Images per second of the DataLoader's work (read, decode, resize, crop to uint8) on one core."""
-    dataset = ImageFileDataset(paths[:count], uint8_eval_transform(plan.data_config))
+    dataset = ImageFileDataset(paths[:count], eval_transform(plan.data_config))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
     try:

@@ -19,7 +19,8 @@ import torch
 from ris.artifacts import write_description
 from ris.config import BackboneConfig
 from ris.embed.cache import EmbeddingCache, copy_rows
-from ris.embed.lightning import EmbeddingModule, ImageDataModule, predict_matrix, resolve_devices, uint8_eval_transform
+from ris.embed.lightning import EmbeddingModule, ImageDataModule, predict_matrix, resolve_devices
+from ris.embed.preprocess import PREPROCESSING_VERSION, eval_transform
 from ris.embed.pooling import pooled_backbone
 from ris.embed.store import (
     EMBEDDINGS_FILE,
@@ -47,9 +48,10 @@ def select_rows(table: pd.DataFrame, exclude_classes: list[str]) -> pd.DataFrame
 
 def extractor_key(backbone: BackboneConfig, source: WeightsSource, data_config: dict[str, Any]) -> str:
     """Identity of the function image -> embedding: model, weights, preprocessing, numeric precision, normalisation,
-    and the code that computes it (ris's image decoding, timm's and torch's versions)."""
+    and the code that computes it (ris's image decoding and preprocessing, timm's and torch's versions)."""
     identity = {"model": source.model, "weights": source.identity, "preprocessing": data_config,
                 "precision": backbone.precision, "normalize": backbone.normalize, "decoding": DECODING_VERSION,
+                "preprocessing_version": PREPROCESSING_VERSION,
                 "timm": timm.__version__, "torch": torch.__version__}
     if backbone.pool is not None:  # only when set: the model's own pooling keeps the keys (and caches) it had
         identity["pool"] = {"kind": backbone.pool, **({"p": backbone.gem_p} if backbone.pool == "gem" else {})}
@@ -103,7 +105,7 @@ def embed_images(plan: ExtractionPlan, paths: list[Path], *, progress: bool = Tr
     without it, it is returned in memory.
     """
     backbone = plan.backbone
-    data = ImageDataModule(paths, uint8_eval_transform(plan.data_config), backbone.batch_size, backbone.num_workers,
+    data = ImageDataModule(paths, eval_transform(plan.data_config), backbone.batch_size, backbone.num_workers,
                            sha256=sha256)
     module = EmbeddingModule(plan.model, backbone.normalize, backbone.channels_last, plan.data_config["mean"],
                              plan.data_config["std"])

@@ -22,20 +22,10 @@ from ris.embed.cache import copy_rows
 from ris.images import ImageReadError, open_image
 
 
-def uint8_eval_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
-    """timm's eval preprocessing up to the crop, giving a uint8 CHW tensor: scaling and normalising are left to
-    :class:`EmbeddingModule`, batched (timm's "prefetcher" split). Per image on one core this saves about a third
-    of the work (ToTensor and Normalize were 1.1 of about 3 ms), and batches cross processes and the bus at a
-    quarter of the size."""
-    import timm
-
-    return timm.data.create_transform(**data_config, is_training=False, use_prefetcher=True)
-
-
 class EmbeddingModule(pl.LightningModule):
     """A frozen backbone whose ``predict_step`` returns (optionally L2-normalised) pooled embeddings.
 
-    With ``mean`` and ``std``, batches arrive as uint8 (:func:`uint8_eval_transform`) and are scaled to [0, 1] and
+    With ``mean`` and ``std``, batches arrive as uint8 (:func:`ris.embed.preprocess.eval_transform`) and are scaled to [0, 1] and
     normalised here, with the same float32 operations in the same order as timm's ToTensor + Normalize, so the
     embeddings are bit for bit those of per-image preprocessing. With ``channels_last``, weights and batches are
     laid out NHWC: convolutions then skip the layout conversions oneDNN (CPU) and cuDNN (tensor cores) would

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import timm
 from torch import nn
 
 from ris.artifacts import REBUILD, ArtifactError, read_description, write_description
 from ris.embed.extract import ExtractionPlan
 from ris.embed.lightning import EmbeddingModule, ImageDataModule, predict_matrix
+from ris.embed.preprocess import eval_transform
 from ris.locks import locked
 from ris.paths import atomic_folder
 
@@ -76,7 +76,7 @@ def cached_activations(plan: ExtractionPlan, trunk: nn.Module, tail_from: str, i
     except ArtifactError:
         pass
     backbone = plan.backbone
-    transform = timm.data.create_transform(**plan.data_config, is_training=False)
+    transform = eval_transform(plan.data_config, scaled=True)
     paths = [images_dir / path for path in plan.rows["path"]]
     data = ImageDataModule(paths, transform, backbone.batch_size, backbone.num_workers,
                            sha256=plan.rows["sha256"].tolist())

@@ -24,6 +24,7 @@ from ris.config import FinetuneConfig
 from ris.embed.extract import ExtractionPlan
 from ris.embed.store import FeatureSet
 from ris.evaluate.protocols import unseen_classes
+from ris.embed.preprocess import eval_transform
 from ris.finetune.activations import cached_activations
 from ris.finetune.backbone_split import split_backbone
 from ris.finetune.data import CachedRows, FineTuneData, ImageRows
@@ -135,7 +136,7 @@ def finetune(plan: ExtractionPlan, features: FeatureSet, splits: np.ndarray, tra
     else:
         augment = timm.data.create_transform(**plan.data_config, is_training=True, hflip=0.5 if cfg.hflip else 0.0,
                                              auto_augment=cfg.auto_augment)
-        evaluate = timm.data.create_transform(**plan.data_config, is_training=False)
+        evaluate = eval_transform(plan.data_config, scaled=True)
         paths = np.array([images_dir / path for path in features.rows["path"]], dtype=object)
         data = FineTuneData(ImageRows(paths[rows.train], train_targets, augment),
                             ImageRows(paths[rows.val], val_targets, evaluate), cfg.batch_size, cfg.num_workers)

@@ -18,7 +18,8 @@ from PIL import Image
 from ris.artifacts import ArtifactError
 from ris.config import AUTO_DIM, Config, check_dim, dim_label, parse_dim
 from ris.data.catalog import image_root
-from ris.embed.lightning import EmbeddingModule, uint8_eval_transform
+from ris.embed.lightning import EmbeddingModule
+from ris.embed.preprocess import eval_transform
 from ris.embed.pooling import pooled_backbone
 from ris.embed.store import load_features
 from ris.embed.weights import resolve_weights
@@ -55,7 +56,7 @@ class ImageEmbedder:
                  channels_last: bool = True) -> None:
         self.module = EmbeddingModule(model, normalize, channels_last, preprocessing["mean"],
                                       preprocessing["std"]).eval()
-        self.transform = uint8_eval_transform(preprocessing)
+        self.transform = eval_transform(preprocessing)
 
     @torch.inference_mode()
     def embed(self, images: list[Image.Image]) -> np.ndarray:
