@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from ris.cell import Cell, evaluate_cell
 from ris.config import Config, ConfigError, IndexConfig, check_dim, dim_label
 from ris.embed.store import FeatureSet
 from ris.index.store import IndexStore
+from ris.progress import progress as ris_progress
 from ris.reduce.pca import FeatureReducer, fit_reducer, sample_rows
 from ris.reduce.store import ReducedStore
 
@@ -78,8 +78,9 @@ def sweep_pca(features: FeatureSet, splits: np.ndarray, cfg: Config, *, progress
     """Evaluate exact search after every reducer of :func:`sweep_reducers`; choose the dimension by the rule."""
     rows = []
     exact = IndexConfig("brute")
-    for reducer in tqdm(sweep_reducers(features, splits, cfg), desc="PCA sweep", unit="setting",
-                        disable=not progress):
+    reducers = sweep_reducers(features, splits, cfg)
+    for reducer in ris_progress(reducers, f"PCA sweep {cfg.backbone.name}", len(reducers), "settings",
+                                enabled=progress):
         dim = None if reducer.components is None else reducer.output_dim
         reduced = ReducedStore(reducer, reducer.transform(features.embeddings), {"dim": dim_label(dim)})
         index = IndexStore.build(reduced.vectors, exact, {})

@@ -59,8 +59,22 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _run(["git", "init", "-q"], work)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], work)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], work)
-    _run(["dvc", "repro"], work)
+    repro = _run(["dvc", "repro"], work)
+    (work / "repro.log").write_text(repro.stdout + repro.stderr)
     return work
+
+
+def test_repro_logs_each_stage_in_one_closing_line_without_third_party_noise(reproduced: Path) -> None:
+    log = (reproduced / "repro.log").read_text()
+    for stage in ("download", "split", "extract", "pca_sweep", "reduce", "index", "evaluate", "report", "finetune",
+                  "finetune_report"):
+        assert f"stage {stage} done in " in log, f"no closing line for {stage}"
+    closing = next(line for line in log.splitlines() if "stage extract done in " in line)
+    assert "read data/" in closing and "wrote artifacts/features/test_efficientnet (" in closing
+    assert "18 images x " in closing and "18 embedded at " in closing
+    for noise in ("GPU available", "TPU available", "LeafSpec", "Tip:", "does not have many workers",
+                  "distributed_backend"):
+        assert noise not in log, f"third-party noise in the repro's log: {noise!r}"
 
 
 def test_repro_writes_every_output(reproduced: Path) -> None:

@@ -115,7 +115,8 @@ def embed_images(plan: ExtractionPlan, paths: list[Path], *, progress: bool = Tr
     with tempfile.TemporaryDirectory(prefix="ris-embed-") as scratch:
         path = into or Path(scratch) / EMBEDDINGS_FILE
         device = predict_matrix(module, data, path, accelerator=backbone.accelerator, devices=backbone.devices,
-                                strategy=backbone.strategy, precision=backbone.precision, progress=progress)
+                                strategy=backbone.strategy, precision=backbone.precision, progress=progress,
+                                what=f"extract {backbone.name}")
         matrix = np.load(path, mmap_mode="r")
         return (matrix if into is not None else np.array(matrix)), device
 

@@ -86,7 +86,8 @@ def cached_activations(plan: ExtractionPlan, trunk: nn.Module, tail_from: str, i
         with locked(images_dir.parent, exclusive=False):
             predict_matrix(EmbeddingModule(trunk, normalize=False), data, staging / ACTIVATIONS_FILE,
                            accelerator=backbone.accelerator, devices=backbone.devices, strategy=backbone.strategy,
-                           precision=backbone.precision, progress=progress, dtype=np.float16)
+                           precision=backbone.precision, progress=progress, dtype=np.float16,
+                           what=f"activations of {backbone.name}")
         shape = list(np.load(staging / ACTIVATIONS_FILE, mmap_mode="r").shape)
         write_description(staging / META_FILE, FORMAT, FORMAT_VERSION, {
             "key": key, "features_key": plan.key, "model": plan.source.model, "tail_from": tail_from,

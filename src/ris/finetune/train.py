@@ -22,6 +22,7 @@ from torch import nn
 
 from ris.config import FinetuneConfig
 from ris.embed.extract import ExtractionPlan
+from ris.embed.lightning import LightningProgress
 from ris.embed.store import FeatureSet
 from ris.evaluate.protocols import unseen_classes
 from ris.embed.preprocess import eval_transform
@@ -31,6 +32,7 @@ from ris.finetune.data import CachedRows, FineTuneData, ImageRows
 from ris.finetune.losses import create_loss
 from ris.finetune.model import FineTunedModel, L2Normalize, projection_head
 from ris.finetune.module import VAL_METRIC, FineTuneModule
+from ris.progress import on_terminal
 
 log = logging.getLogger("ris.finetune")
 
@@ -145,8 +147,10 @@ def finetune(plan: ExtractionPlan, features: FeatureSet, splits: np.ndarray, tra
     with tempfile.TemporaryDirectory(prefix="ris-finetune-") as scratch:
         best = ModelCheckpoint(dirpath=scratch, monitor=VAL_METRIC, mode="max", save_top_k=1, save_weights_only=True)
         trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision, max_epochs=cfg.epochs,
-                             callbacks=[best, EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience)],
-                             logger=CSVLogger(scratch, name="curves"), enable_progress_bar=progress,
+                             callbacks=[best, EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience),
+                                        *([LightningProgress(f"fine-tune {plan.backbone.name} ({training})")]
+                                          if progress else [])],
+                             logger=CSVLogger(scratch, name="curves"), enable_progress_bar=progress and on_terminal(),
                              enable_model_summary=False, num_sanity_val_steps=0, deterministic=False)
         device = torch.cuda.get_device_name() if isinstance(trainer.accelerator, CUDAAccelerator) else "cpu"
         log.info("fine-tuning %s (%s, %s inputs, %s loss) for %s: %d train / %d val images, %d classes, on %s",

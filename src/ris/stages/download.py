@@ -10,7 +10,7 @@ from ris.data.prepare import prepare_collection
 from ris.embed.models import check_backbone_name
 from ris.embed.weights import resolve_weights
 from ris.paths import PipelinePaths, write_json_atomic
-from ris.stages._common import load_stage_config, parse_stage_args, stage_main, timed
+from ris.stages._common import Done, load_stage_config, parse_stage_args, stage_main, timed
 
 
 def run(cfg: Config) -> dict:
@@ -33,7 +33,13 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    stage_main("download", lambda: run(load_stage_config(parse_stage_args("download", argv))))
+    def body() -> Done:
+        cfg = load_stage_config(parse_stage_args("download", argv))
+        report, paths = run(cfg), PipelinePaths(cfg)
+        return Done([report["source"]], [paths.images_dir, paths.image_table, paths.data_report],
+                    f"{report['images']:,} images in {report['classes']} classes, {report['skipped']} skipped")
+
+    stage_main("download", body)
 
 
 if __name__ == "__main__":

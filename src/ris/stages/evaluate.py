@@ -12,7 +12,7 @@ from ris.embed.store import load_features
 from ris.index.store import IndexStore
 from ris.paths import PipelinePaths, write_json_atomic
 from ris.reduce import ReducedStore
-from ris.stages._common import load_stage_config, parse_stage_args, stage_main, timed
+from ris.stages._common import Done, load_stage_config, parse_stage_args, stage_main, timed
 
 
 def run(cfg: Config, cell: Cell) -> dict:
@@ -38,9 +38,14 @@ def run(cfg: Config, cell: Cell) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_stage_args("evaluate", argv, backbone=True, dim=True, index=True)
 
-    def body() -> None:
+    def body() -> Done:
         cfg = check_registries(load_stage_config(args))
-        run(cfg, grid_cell(cfg, args.dim, args.index))
+        cell = grid_cell(cfg, args.dim, args.index)
+        report, paths = run(cfg, cell), PipelinePaths(cfg)
+        headline = ", ".join(f"{protocol} MAP@R {metrics['map_at_r']:.4f}"
+                             for protocol, metrics in report["protocols"].items() if "map_at_r" in metrics)
+        return Done([paths.features_dir, paths.reduced_dir(cell.dim), paths.index_dir(cell.dim, cell.index_name)],
+                    [paths.metrics_file(cell.dim, cell.index_name)], headline)
 
     stage_main("evaluate", body)
 

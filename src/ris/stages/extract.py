@@ -11,7 +11,7 @@ from ris.embed.cost import architecture_cost
 from ris.embed.extract import extract_features
 from ris.embed.models import check_backbone_name
 from ris.paths import PipelinePaths, write_json_atomic
-from ris.stages._common import load_stage_config, parse_stage_args, stage_main
+from ris.stages._common import Done, load_stage_config, parse_stage_args, stage_main
 
 
 def run(cfg: Config) -> dict:
@@ -46,7 +46,15 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    stage_main("extract", lambda: run(load_stage_config(parse_stage_args("extract", argv, backbone=True))))
+    def body() -> Done:
+        cfg = load_stage_config(parse_stage_args("extract", argv, backbone=True))
+        report, paths = run(cfg), PipelinePaths(cfg)
+        rate = f" at {report['images_per_second']:.1f} images/s" if report["embedded"] else ""
+        return Done([paths.image_table, paths.images_dir], [paths.features_dir, paths.extract_report],
+                    f"{report['images']:,} images x {report['dim']}, {report['embedded']:,} embedded{rate} on "
+                    f"{report['device']}, {report['reused']:,} from the cache")
+
+    stage_main("extract", body)
 
 
 if __name__ == "__main__":

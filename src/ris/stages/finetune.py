@@ -31,7 +31,7 @@ from ris.finetune.store import FineTunedStore
 from ris.finetune.train import FineTuneResult, embed_cached, finetune
 from ris.index.store import IndexStore
 from ris.paths import PipelinePaths, atomic_folder, write_json_atomic, write_text_atomic
-from ris.stages._common import load_stage_config, stage_main, timed
+from ris.stages._common import Done, load_stage_config, stage_main, timed
 from ris.tracking import flatten, git_commit, log_run
 
 log = logging.getLogger("ris.stages")
@@ -143,10 +143,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "classes only")
     args = parser.parse_args(argv)
 
-    def body() -> None:
+    def body() -> Done:
         cfg = check_registries(load_stage_config(args))
         check_loss(cfg.finetune.loss.name)
-        run(cfg, args.training)
+        report, paths = run(cfg, args.training), PipelinePaths(cfg)
+        return Done([paths.features_dir, paths.split_table, paths.images_dir],
+                    [paths.finetuned_dir(args.training), paths.finetune_training_report(args.training),
+                     paths.finetune_history(args.training)],
+                    f"best val MAP@R {report['best_val_map_at_r']:.4f} at epoch {report['best_epoch']} of "
+                    f"{report['epochs_run']}, {report['train_seconds']:.0f} s on {report['device']}")
 
     stage_main("finetune", body)
 

@@ -10,7 +10,7 @@ import pandas as pd
 from ris.config import Config
 from ris.finetune.report import check_against_grid, comparison_table, plot_curves, read_reports, to_markdown
 from ris.paths import PipelinePaths, write_text_atomic
-from ris.stages._common import load_stage_config, log, parse_stage_args, stage_main
+from ris.stages._common import Done, load_stage_config, log, parse_stage_args, stage_main
 
 
 def run(cfg: Config) -> pd.DataFrame:
@@ -30,7 +30,14 @@ def run(cfg: Config) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    stage_main("finetune_report", lambda: run(load_stage_config(parse_stage_args("finetune_report", argv))))
+    def body() -> Done:
+        cfg = load_stage_config(parse_stage_args("finetune_report", argv))
+        table, paths = run(cfg), PipelinePaths(cfg)
+        folder = paths.finetune_reports
+        return Done([folder / "trainings", paths.metrics_file(None, "brute")],
+                    [folder / "results.csv", folder / "results.md", folder / "curves.png"], f"{len(table):,} rows")
+
+    stage_main("finetune_report", body)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from ris.config import Config, ConfigError, parse_dim
 from ris.index.store import IndexStore
 from ris.paths import PipelinePaths, atomic_folder
 from ris.reduce import ReducedStore
-from ris.stages._common import load_stage_config, parse_stage_args, stage_main, timed
+from ris.stages._common import Done, load_stage_config, parse_stage_args, stage_main, timed
 
 
 def run(cfg: Config, dim: int | None, index_name: str) -> dict:
@@ -28,7 +28,13 @@ def run(cfg: Config, dim: int | None, index_name: str) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_stage_args("index", argv, backbone=True, dim=True, index=True)
-    stage_main("index", lambda: run(check_registries(load_stage_config(args)), parse_dim(args.dim), args.index))
+    def body() -> Done:
+        cfg, dim = check_registries(load_stage_config(args)), parse_dim(args.dim)
+        report, paths = run(cfg, dim, args.index), PipelinePaths(cfg)
+        return Done([paths.reduced_dir(dim)], [paths.index_dir(dim, args.index)],
+                    f"{report['items']:,} items built in {report['build_seconds']:.2f} s")
+
+    stage_main("index", body)
 
 
 if __name__ == "__main__":

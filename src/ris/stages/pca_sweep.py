@@ -10,7 +10,7 @@ from ris.data.split import read_splits
 from ris.embed.store import load_features
 from ris.paths import PipelinePaths, atomic_folder, write_json_atomic, write_text_atomic
 from ris.pca_sweep import plot_sweep, sweep_pca
-from ris.stages._common import load_stage_config, log, parse_stage_args, stage_main, timed
+from ris.stages._common import Done, load_stage_config, log, parse_stage_args, stage_main, timed
 from ris.tracking.mlflow_log import git_commit, log_run
 
 
@@ -40,7 +40,13 @@ def run(cfg: Config) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_stage_args("pca_sweep", argv, backbone=True)
-    stage_main("pca_sweep", lambda: run(check_registries(load_stage_config(args))))
+    def body() -> Done:
+        cfg = check_registries(load_stage_config(args))
+        choice, paths = run(cfg), PipelinePaths(cfg)
+        return Done([paths.features_dir, paths.split_table], [paths.pca_dir],
+                    f"chose {choice['dim']} ({choice['metric']} {choice['value']:.4f})")
+
+    stage_main("pca_sweep", body)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from ris.embed.store import load_features
 from ris.paths import PipelinePaths, atomic_folder
 from ris.reduce import ReducedStore
 from ris.reduce.choice import read_chosen_dim
-from ris.stages._common import load_stage_config, parse_stage_args, stage_main, timed
+from ris.stages._common import Done, load_stage_config, parse_stage_args, stage_main, timed
 
 
 def run(cfg: Config, dim: Dim) -> dict:
@@ -32,7 +32,15 @@ def run(cfg: Config, dim: Dim) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_stage_args("reduce", argv, backbone=True, dim=True)
-    stage_main("reduce", lambda: run(load_stage_config(args), parse_dim(args.dim)))
+    def body() -> Done:
+        cfg, dim = load_stage_config(args), parse_dim(args.dim)
+        report, paths = run(cfg, dim), PipelinePaths(cfg)
+        variance = report["explained_variance"]
+        kept = f", {variance:.1%} of the variance kept" if variance is not None else ""
+        return Done([paths.features_dir, paths.split_table], [paths.reduced_dir(dim)],
+                    f"{report['dim']} dimensions{kept}")
+
+    stage_main("reduce", body)
 
 
 if __name__ == "__main__":

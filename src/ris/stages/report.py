@@ -11,7 +11,7 @@ from ris.config import Config, dim_label, parse_dim, with_backbone
 from ris.evaluate.backbones import BackboneReports, backbone_table, backbones_markdown
 from ris.evaluate.results import headline_summary, results_table, stale_metric_files, to_markdown
 from ris.paths import PipelinePaths, write_json_atomic, write_text_atomic
-from ris.stages._common import load_stage_config, log, parse_stage_args, stage_main
+from ris.stages._common import Done, load_stage_config, log, parse_stage_args, stage_main
 
 
 def run(cfg: Config) -> pd.DataFrame:
@@ -46,7 +46,15 @@ def run(cfg: Config) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    stage_main("report", lambda: run(load_stage_config(parse_stage_args("report", argv))))
+    def body() -> Done:
+        cfg = load_stage_config(parse_stage_args("report", argv))
+        table, paths = run(cfg), PipelinePaths(cfg)
+        reports = paths.reports_dir
+        return Done([reports / "metrics", reports / "extract", reports / "pca"],
+                    [reports / name for name in ("results.csv", "results.md", "backbones.csv", "backbones.md",
+                                                 "summary.json")], f"{len(table):,} result rows")
+
+    stage_main("report", body)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from ris.config import Config
 from ris.data.catalog import read_image_table
 from ris.data.split import SPLITS, split_collection
 from ris.paths import PipelinePaths, write_json_atomic
-from ris.stages._common import load_stage_config, parse_stage_args, stage_main
+from ris.stages._common import Done, load_stage_config, parse_stage_args, stage_main
 
 
 def run(cfg: Config) -> dict:
@@ -29,7 +29,13 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    stage_main("split", lambda: run(load_stage_config(parse_stage_args("split", argv))))
+    def body() -> Done:
+        cfg = load_stage_config(parse_stage_args("split", argv))
+        report, paths = run(cfg), PipelinePaths(cfg)
+        counts = ", ".join(f"{count:,} {name}" for name, count in report["images"].items())
+        return Done([paths.image_table], [paths.split_table, paths.split_report], counts)
+
+    stage_main("split", body)
 
 
 if __name__ == "__main__":
