@@ -61,13 +61,13 @@ class Progress:
                  bar: bool = True) -> None:
         self.what, self.total, self.unit = what, total, unit
         self.every = log_interval() if every is None else every
-        self.done = 0
+        self.done: float = 0
         self.started = self.last_logged = time.perf_counter()
         show_bar = enabled and bar and on_terminal()
         self.bar = tqdm(total=total, desc=what, unit=unit.rstrip("s") or unit) if show_bar else None
         self.logs = enabled and not on_terminal()
 
-    def update(self, count: int = 1) -> None:
+    def update(self, count: float = 1) -> None:
         self.done += count
         if self.bar is not None:
             self.bar.update(count)
@@ -81,7 +81,8 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         share = f" ({self.done / self.total:.0%})" if self.total else ""
         left = f", {format_duration((self.total - self.done) / rate)} left" if rate > 0 and self.done < self.total else ""
-        return f"{self.what}: {self.done:,} / {self.total:,} {self.unit}{share}, {rate:,.1f} {self.unit}/s{left}"
+        return (f"{self.what}: {self.done:,.0f} / {self.total:,} {self.unit}{share}, {rate:,.1f} {self.unit}/s"
+                f"{left}")
 
     def close(self) -> None:
         if self.bar is not None:

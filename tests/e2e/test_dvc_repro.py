@@ -75,6 +75,7 @@ def test_repro_logs_each_stage_in_one_closing_line_without_third_party_noise(rep
     for noise in ("GPU available", "TPU available", "LeafSpec", "Tip:", "does not have many workers",
                   "distributed_backend"):
         assert noise not in log, f"third-party noise in the repro's log: {noise!r}"
+    assert "\r" not in log  # progress in a log file is lines, not a redrawn bar
 
 
 def test_repro_writes_every_output(reproduced: Path) -> None:

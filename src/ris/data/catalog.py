@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from ris.artifacts import ArtifactError
 from ris.errors import UserFacingError
 from ris.images import IMAGE_SUFFIXES, ImageReadError, open_image
 from ris.locks import locked
+from ris.progress import progress as counted
 
 logger = logging.getLogger("ris.data")
 
@@ -43,7 +43,7 @@ def scan_images(root: Path, *, progress: bool = True) -> tuple[pd.DataFrame, lis
 
     Args:
         root: Folder whose sub-folders are the classes; files deeper down belong to their first-level folder.
-        progress: Show a tqdm progress bar.
+        progress: Show progress (a bar on a terminal, log lines otherwise).
 
     Returns:
         A table with columns ``path`` (POSIX, relative to ``root``), ``class``, ``sha256``, ``bytes`` (file size),
@@ -62,7 +62,7 @@ def scan_images(root: Path, *, progress: bool = True) -> tuple[pd.DataFrame, lis
     # One list per column, not one dict per row: a million rows stay a few hundred MB while scanning.
     columns: dict[str, list] = {name: [] for name in COLUMNS}
     skipped: list[dict[str, str]] = []
-    for relative in tqdm(files, desc="scan images", unit="file", disable=not progress):
+    for relative in counted(files, "scan images", len(files), "files", enabled=progress):
         path = relative.as_posix()
         if len(relative.parts) < 2:
             skipped.append({"path": path, "reason": "file directly in the image root, outside any class folder"})

@@ -13,13 +13,14 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
 
 from ris.errors import UserFacingError
+from ris.progress import Progress
 
 logger = logging.getLogger("ris.data")
 
 CHUNK_BYTES = 1 << 20
+MB = 1 << 20  # progress is counted in MiB
 RETRY_WAIT_S = 1.0
 """Base pause between download attempts; it grows linearly with the attempt number."""
 
@@ -96,19 +97,13 @@ def _attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, timeou
             total = offset + int(length) if length is not None else None
             with (
                 open(part, mode) as handle,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=part.name.removesuffix(".part"),
-                    disable=not progress,
-                ) as bar,
+                Progress(f"download {part.name.removesuffix('.part')}", (total or 0) // MB, "MB",
+                         enabled=progress) as counter,
             ):
+                counter.update(offset // MB)
                 while chunk := response.read(CHUNK_BYTES):
                     handle.write(chunk)
-                    bar.update(len(chunk))
+                    counter.update(len(chunk) / MB)
     except urllib.error.HTTPError:
         raise
     except (OSError, http.client.HTTPException) as error:
@@ -140,7 +135,7 @@ def download_file(
         md5: Expected hex md5, or None to skip the check.
         timeout_s: Socket timeout of each attempt, in seconds.
         retries: How many more attempts follow a broken transfer.
-        progress: Show a tqdm progress bar.
+        progress: Show progress (a bar on a terminal, log lines otherwise).
 
     Returns:
         ``dest``.

@@ -243,7 +243,7 @@ def prepare_collection(
     Args:
         cfg: The data configuration.
         environ: Where RIS_DATA_DIR and RIS_DATA_ARCHIVE are looked up.
-        progress: Show tqdm progress bars.
+        progress: Show progress (bars on a terminal, log lines otherwise).
 
     Returns:
         The output locations, the image table and the skipped files.
