@@ -67,7 +67,7 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_repro_logs_each_stage_in_one_closing_line_without_third_party_noise(reproduced: Path) -> None:
     log = (reproduced / "repro.log").read_text()
     for stage in ("download", "split", "extract", "pca_sweep", "reduce", "index", "evaluate", "report", "finetune",
-                  "finetune_report"):
+                  "finetune_report", "visualise"):
         assert f"stage {stage} done in " in log, f"no closing line for {stage}"
     closing = next(line for line in log.splitlines() if "stage extract done in " in line)
     assert "read data/" in closing and "wrote artifacts/features/test_efficientnet (" in closing
@@ -91,6 +91,13 @@ def test_repro_writes_every_output(reproduced: Path) -> None:
         assert (reproduced / f"artifacts/reduced/test_efficientnet/{dim}/reduced.json").exists()
         for index in ("brute", "annoy"):
             assert (reproduced / f"artifacts/indexes/test_efficientnet/{dim}/{index}/index.json").exists()
+    figures = reproduced / "reports/visualise/test_efficientnet"
+    assert sorted(path.name for path in figures.iterdir()) == ["bad.png", "examples.json", "good.png", "map.csv",
+                                                                "pca.png", "tsne.png"]
+    assert len(pd.read_csv(figures / "map.csv")) == 18
+    examples = json.loads((figures / "examples.json").read_text())
+    # search.dim (auto) is not in this grid: the grid's first dimension is drawn, as the summary does.
+    assert examples["dim"] == "full" and examples["good"] and examples["bad"]
     results = pd.read_csv(reproduced / "reports/results.csv")
     rows = zip(results["dim"].astype(str), results["index"], results["rerank"], results["protocol"], strict=True)
     # eval.rerank measures its rerankers on brute cells: their rows follow the cell's own.
@@ -193,3 +200,18 @@ def test_dvc_exp_run_recomposes_params_with_hydra_and_reuses_cached_stages(repro
     assert "Running stage 'extract@" not in log and "Running stage 'reduce@test_efficientnet-4'" in log
     assert (reproduced / "reports/metrics/test_efficientnet/4-annoy.json").exists()
     assert "| 4 " in (reproduced / "reports/results.md").read_text()
+
+
+@pytest.mark.parametrize("notebook", sorted((REPO / "notebooks").glob("*.ipynb")), ids=lambda path: path.name)
+def test_every_notebook_runs_on_the_pipelines_outputs(reproduced: Path, notebook: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    document = nbformat.read(notebook, as_version=4)
+    # Run where a user runs it, in the checkout's notebooks/ (the copy's, where `dvc repro` wrote its reports).
+    (reproduced / "notebooks").mkdir(exist_ok=True)
+    NotebookClient(document, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(reproduced / "notebooks")}}).execute()  # raises on an error
+    outputs = [output for cell in document.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert outputs and not [output for output in outputs if output.output_type == "error"]
+    assert any("image/png" in output.get("data", {}) for output in outputs), "the notebook drew no figure"
