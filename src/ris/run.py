@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 import numpy as np
@@ -95,8 +96,9 @@ def splits_for(cfg: Config, features: FeatureSet) -> np.ndarray:
     return splits_for_rows(split_collection(features.rows, cfg.data.split), features.rows)
 
 
-def run_grid(cfg: Config) -> list[dict]:
-    """Evaluate and track every cell of ``cfg.grid``, backbone by backbone; return their reports."""
+def run_grid(cfg: Config, artifacts: list[Path] | None = None) -> list[dict]:
+    """Evaluate and track every cell of ``cfg.grid``, backbone by backbone, each run with ``artifacts`` (the job's
+    config); return their reports."""
     reports = []
     for name in cfg.grid.backbones:
         backbone_cfg = with_backbone(cfg, name)
@@ -104,17 +106,27 @@ def run_grid(cfg: Config) -> list[dict]:
         splits = splits_for(backbone_cfg, features)
         for cell in grid_cells(backbone_cfg):
             result = run_cell(backbone_cfg, cell, features, splits)
-            track_cell(backbone_cfg, result, source="hydra", features_key=features.key)
+            track_cell(backbone_cfg, result, source="hydra", features_key=features.key, artifacts=artifacts)
             log.info("%s: %s", cell.name, json.dumps(result.report()["protocols"], default=float))
             reports.append(result.report())
     return reports
+
+
+def job_config_files() -> list[Path]:
+    """The config Hydra saved for this job (``.hydra/config.yaml`` and its overrides), for each run's artifacts."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is None:
+        return []
+    folder = Path(HydraConfig.get().runtime.output_dir) / HydraConfig.get().output_subdir
+    return [path for path in (folder / "config.yaml", folder / "overrides.yaml") if path.is_file()]
 
 
 def job(raw: DictConfig) -> float:
     """One Hydra job; returns the first cell's first-protocol MAP@R so sweepers can optimise it."""
     try:
         cfg = checked_config(OmegaConf.to_container(raw, resolve=True), check_model=True)  # type: ignore[arg-type]
-        reports = run_grid(cfg)
+        reports = run_grid(cfg, job_config_files())
     except UserFacingError as error:
         if os.environ.get("RIS_DEBUG") == "1":
             raise

@@ -136,7 +136,8 @@ def test_mlflow_has_one_tagged_run_per_cell_and_protocol(reproduced: Path) -> No
     sweeps = [run for run in every_run if run.data.tags.get("stage") == "pca_sweep"]
     assert len(sweeps) == 1 and sweeps[0].data.metrics["chosen_dim"] >= 1  # the PCA sweep's own run
     tuned = [run for run in every_run if "finetune" in run.data.tags]
-    runs = [run for run in every_run if run not in sweeps and run not in tuned]
+    states = [run for run in every_run if run.data.tags.get("kind") == "experiment"]
+    runs = [run for run in every_run if run not in sweeps and run not in tuned and run not in states]
     cells = sorted((run.data.tags["dim"], run.data.tags["index"], run.data.tags["protocol"]) for run in runs
                    if run.data.tags["rerank"] == "none")
     assert cells == sorted((dim, index, protocol) for dim in ("8", "full") for index in ("annoy", "brute")
@@ -151,6 +152,14 @@ def test_mlflow_has_one_tagged_run_per_cell_and_protocol(reproduced: Path) -> No
         assert run.data.tags["git_commit"].startswith(head)
         assert "precision_at_4" in run.data.metrics and "latency_p50_us" in run.data.metrics
         assert run.data.params["index.family"] == run.data.tags["algorithm"]
+    # The track stage: one run for the pipeline's state, with the headline metrics, every param, config and figures.
+    assert len(states) == 1
+    state = states[0]
+    assert state.data.tags["dvc_experiment"] == "workspace" and state.data.tags["git_commit"].startswith(head)
+    assert {"heldout/map_at_r", "book/precision_at_4", "latency_p50_us"} <= set(state.data.metrics)
+    assert state.data.params["backbone.name"] == "test_efficientnet" and state.data.params["grid.dims"] == "['full', 8]"
+    logged = {item.path for item in client.list_artifacts(state.info.run_id)}
+    assert {"params.yaml", "summary.json", "results.md", "good.png", "tsne.png", "curves.png"} <= logged
 
 
 def test_finetune_trains_compares_reports_and_tracks(reproduced: Path) -> None:
@@ -200,6 +209,21 @@ def test_dvc_exp_run_recomposes_params_with_hydra_and_reuses_cached_stages(repro
     assert "Running stage 'extract@" not in log and "Running stage 'reduce@test_efficientnet-4'" in log
     assert (reproduced / "reports/metrics/test_efficientnet/4-annoy.json").exists()
     assert "| 4 " in (reproduced / "reports/results.md").read_text()
+
+    # An experiment whose every cell DVC restores from its cache still appears in MLflow, under its name.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{reproduced / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("ris").experiment_id
+    before = len(client.search_runs([experiment_id]))
+    overrides[-1] = "grid.dims=[full,8]"  # the first repro's grid: every cell is in DVC's run cache
+    log = _run(["dvc", "exp", "run", "-n", "cached-grid", *[arg for override in overrides for arg in ("-S", override)]],
+               reproduced).stdout
+    assert "Running stage 'evaluate@" not in log and "Running stage 'track'" in log
+    newest_first = client.search_runs([experiment_id])
+    new = newest_first[: len(newest_first) - before]
+    assert [run.data.tags["dvc_experiment"] for run in new] == ["cached-grid"]
+    assert new[0].data.tags["kind"] == "experiment" and "heldout/map_at_r" in new[0].data.metrics
 
 
 @pytest.mark.parametrize("notebook", sorted((REPO / "notebooks").glob("*.ipynb")), ids=lambda path: path.name)

@@ -1,0 +1,26 @@
+"""DVC stage `track`: one MLflow run for the whole pipeline state (:mod:`ris.experiments`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ris.paths import PipelinePaths
+from ris.stages._common import Done, load_stage_config, parse_stage_args, stage_main
+from ris.experiments import log_experiment
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_stage_args("track", argv)
+
+    def body() -> Done:
+        cfg = load_stage_config(args)
+        reports = PipelinePaths(cfg).reports_dir
+        run_id = log_experiment(cfg, Path(args.params), reports)
+        return Done([Path(args.params), reports], [], f"MLflow run {run_id}" if run_id else "tracking is disabled")
+
+    stage_main("track", body)
+
+
+if __name__ == "__main__":
+    main()
