@@ -127,6 +127,17 @@ def test_metrics_are_sane_and_exact_search_has_full_recall(reproduced: Path) -> 
     assert set(cell["protocols"]) == {"book", "heldout"} and "map_at_r" in cell["protocols"]["heldout"]
 
 
+def test_dvc_plots_are_declared_at_paths_that_compare_across_experiments(reproduced: Path) -> None:
+    shown = json.loads(_run(["dvc", "plots", "show", "--json"], reproduced).stdout)
+    assert {"pca-accuracy", "pca-latency", "finetune-curves", "reports/visualise/test_efficientnet/tsne.png",
+            "reports/visualise/test_efficientnet/bad.png"} <= set(shown["data"])
+    accuracy = shown["data"]["pca-accuracy"][0]["content"]
+    assert accuracy["title"]["text"].startswith("PCA sweep") and accuracy["data"]["values"]
+    # This tiny pipeline trains `heldout` only: the other training's curve is the one file missing.
+    assert [error["name"] for error in shown.get("errors", [])] == [
+        "reports/finetune/test_efficientnet/trainings/unseen-classes-history.csv"]
+
+
 def test_mlflow_has_one_tagged_run_per_cell_and_protocol(reproduced: Path) -> None:
     from mlflow.tracking import MlflowClient
 
