@@ -2,12 +2,14 @@
 
 The grid's own runs are logged by the stages that compute them, so an experiment whose cells DVC restored from its
 cache logged nothing. The `track` stage has no outputs (DVC never restores it from its run cache): it runs whenever
-params or results change and logs the experiment's headline metrics (``reports/summary.json``), every param, the
+params or results change (an experiment identical to the one before it changes neither, and is that one) and logs
+the experiment's headline metrics (``reports/summary.json``), every param, the
 config and the figures, tagged with the git commit and the DVC experiment's name.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ def figures(reports: Path) -> list[Path]:
 
 def log_experiment(cfg: Config, params_file: Path, reports: Path) -> str | None:
     """Log one ``kind=experiment`` run for the pipeline's current state; return its id (None when disabled)."""
-    summary = yaml.safe_load((reports / "summary.json").read_text())
+    summary = json.loads((reports / "summary.json").read_text())
     params = flatten(yaml.safe_load(params_file.read_text()))
     experiment = os.environ.get(DVC_EXPERIMENT_ENV, "")
     commit = git_commit()

@@ -20,7 +20,7 @@ from ris.progress import Progress
 logger = logging.getLogger("ris.data")
 
 CHUNK_BYTES = 1 << 20
-MB = 1 << 20  # progress is counted in MiB
+MIB = 1 << 20  # progress is counted in MiB
 RETRY_WAIT_S = 1.0
 """Base pause between download attempts; it grows linearly with the attempt number."""
 
@@ -97,13 +97,13 @@ def _attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, timeou
             total = offset + int(length) if length is not None else None
             with (
                 open(part, mode) as handle,
-                Progress(f"download {part.name.removesuffix('.part')}", (total or 0) // MB, "MB",
-                         enabled=progress) as counter,
+                # A resumed download counts what is left (so the rate is this run's); MiB as decimals, not rounded.
+                Progress(f"download {part.name.removesuffix('.part')}", round((total - offset) / MIB, 1) if total
+                         else 0, "MiB", enabled=progress) as counter,
             ):
-                counter.update(offset // MB)
                 while chunk := response.read(CHUNK_BYTES):
                     handle.write(chunk)
-                    counter.update(len(chunk) / MB)
+                    counter.update(len(chunk) / MIB)
     except urllib.error.HTTPError:
         raise
     except (OSError, http.client.HTTPException) as error:

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 
 import pandas as pd
 
 from ris.config import Config, dim_label, parse_dim, with_backbone
-from ris.evaluate.book import beside_the_book, machine
 from ris.evaluate.backbones import BackboneReports, backbone_table, backbones_markdown
 from ris.evaluate.results import headline_summary, results_table, stale_metric_files, to_markdown
 from ris.paths import PipelinePaths, write_json_atomic, write_text_atomic
@@ -35,17 +33,11 @@ def run(cfg: Config) -> pd.DataFrame:
         stale.unlink()
         if stale.parent != paths.reports_dir / "metrics" and not any(stale.parent.iterdir()):
             stale.parent.rmdir()  # a backbone with no cell left
+    write_text_atomic(paths.reports_dir / "results.csv", table.to_csv(index=False))
+    write_text_atomic(paths.reports_dir / "results.md", to_markdown(table, cfg.eval))
     reports = [BackboneReports.read(each.extract_report, each.pca_sweep_table, each.pca_choice)
                for each in backbone_paths]
     backbones = backbone_table(reports, cfg.eval, whiten=cfg.reduce.whiten, renormalize=cfg.reduce.renormalize)
-    finetune_file = paths.finetune_reports / "results.csv"
-    finetune = pd.read_csv(finetune_file) if finetune_file.is_file() else None
-    chosen = backbones.loc[backbones["backbone"] == cfg.backbone.name, "chosen_dim"]
-    book = beside_the_book(table, backbones, finetune, primary=cfg.backbone.name,
-                           chosen_dim=str(chosen.iloc[0]) if len(chosen) else "?", date=date.today().isoformat(),
-                           where=machine())
-    write_text_atomic(paths.reports_dir / "results.csv", table.to_csv(index=False))
-    write_text_atomic(paths.reports_dir / "results.md", f"{book}\n{to_markdown(table, cfg.eval)}")
     write_text_atomic(paths.reports_dir / "backbones.csv", backbones.to_csv(index=False))
     write_text_atomic(paths.reports_dir / "backbones.md", backbones_markdown(backbones, cfg.eval))
     served = paths.metrics_file(parse_dim(dim_label(cfg.search.dim)), cfg.search.index)

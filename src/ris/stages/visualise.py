@@ -38,7 +38,7 @@ def run(cfg: Config, *, sample: int, examples: int, k: int, seed: int) -> dict:
     reduced = ReducedStore.load(paths.reduced_dir(dim), expect={"features_key": features.key, "dim": dim_label(dim)})
     with timed(f"maps of {min(sample, len(features.rows)):,} embeddings"):
         table = embedding_map(features.embeddings, features.rows, sample=sample, seed=seed)
-    ranked = rank_queries(reduced.vectors, features.labels, splits, k)
+    ranked = rank_queries(reduced.vectors, features.labels, splits, k, metric=cfg.indexes[cfg.search.index].metric)
     good = pick(ranked, features.labels, examples, best=True)
     bad = pick(ranked, features.labels, examples, best=False)
     images = image_root(paths.images_dir)

@@ -1,7 +1,8 @@
 """Good and bad queries, drawn as result grids: what a user would see for the collection's best and worst cases.
 
 Queries are the held-out protocol's (the split's test images) searching the train and val images, by exact search
-at the served dimension: the same question the heldout metrics answer, shown instead of averaged.
+at the served dimension, in the served index's metric: the question the heldout metrics answer, shown instead of
+averaged.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ class Example:
     precision: float  # share of the neighbours in the query's class
 
 
-def rank_queries(vectors: np.ndarray, labels: np.ndarray, splits: np.ndarray, k: int) -> list[Example]:
-    """Every held-out query's ``k`` nearest train/val rows (exact, Euclidean) and its precision@k."""
+def rank_queries(vectors: np.ndarray, labels: np.ndarray, splits: np.ndarray, k: int,
+                 metric: str = "euclidean") -> list[Example]:
+    """Every held-out query's ``k`` nearest train/val rows (exact search in ``metric``, the served index's) and its
+    precision@k; ``k`` is capped at the gallery's size."""
     query_set = PROTOCOLS["heldout"].select(labels, splits)
-    index = BruteForceIndex(vectors.shape[1])
+    k = min(k, len(query_set.gallery))
+    index = BruteForceIndex(vectors.shape[1], metric)
     index.add(np.ascontiguousarray(vectors[query_set.gallery], dtype=np.float32))
     ids, distances = index.search(np.ascontiguousarray(vectors[query_set.queries], dtype=np.float32), k)
     neighbours = query_set.gallery[ids]
@@ -70,7 +74,7 @@ def draw_examples(examples: Sequence[Example], rows: pd.DataFrame, images_dir: P
                           f"{rows.iloc[row]['class']}\n{distance:.3f} · "
                           f"{'match' if rows.iloc[row]['class'] == query['class'] else 'miss'}")
                  for row, distance in zip(example.neighbours, example.distances, strict=True)]
-        caption = f"{query['class']}\nP@{len(tiles)} {example.precision:.2f}"
+        caption = f"{query['class']}\nprecision@{len(tiles)} = {example.precision:.2f}"
         grids.append(render_result_grid(GridTile(open_image(images_dir / query["path"]), caption), tiles,
                                         tile=tile, columns=len(tiles) + 1))
     width, height = max(grid.width for grid in grids), sum(grid.height for grid in grids)

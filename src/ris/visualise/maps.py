@@ -29,6 +29,8 @@ def embedding_map(embeddings: np.ndarray, rows: pd.DataFrame, *, sample: int, se
         components, fitted on the sample) and ``tsne_x``/``tsne_y``.
     """
     count = len(rows)
+    if count < 2 or sample < 2:
+        raise ValueError(f"a map needs at least 2 images and a sample of at least 2 (got {count} and {sample})")
     chosen = np.arange(count) if count <= sample else np.sort(
         np.random.default_rng(seed).choice(count, size=sample, replace=False))
     vectors = np.asarray(embeddings[chosen], dtype=np.float32)
