@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install install-cpu repro test test-slow params search-examples scale bench-search bench-backbones bench-serve serve-screenshot mlflow-ui clean-venv
+.PHONY: install install-cpu repro test test-slow params search-examples scale bench-search bench-backbones bench-serve serve-screenshot mlflow-ui mlflow-screenshot clean-venv
 
 install: $(INSTALLED)
 
@@ -66,6 +66,12 @@ bench-backbones: $(INSTALLED)  ## every configured backbone's size, GFLOPs and f
 
 mlflow-ui: $(INSTALLED)  ## browse every tracked run at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+mlflow-screenshot: $(INSTALLED)  ## after a `ris run -m` sweep: reports/mlflow/sweep.png, its runs table in the MLflow UI
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5099 & server=$$!; \
+	until curl -sf http://127.0.0.1:5099/health >/dev/null; do sleep 1; done; \
+	mkdir -p reports/mlflow; (cd tests && python mlflow_ui.py http://127.0.0.1:5099 ../reports/mlflow/sweep.png); \
+	status=$$?; kill $$server; exit $$status
 
 clean-venv:
 	rm -rf $(VENV)
