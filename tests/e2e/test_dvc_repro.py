@@ -134,8 +134,9 @@ def test_dvc_plots_are_declared_at_paths_that_compare_across_experiments(reprodu
     accuracy = shown["data"]["pca-accuracy"][0]["content"]
     assert accuracy["title"]["text"].startswith("PCA sweep") and accuracy["data"]["values"]
     # This tiny pipeline trains `heldout` only: the other training's curve is the one file missing.
-    assert [error["name"] for error in shown.get("errors", [])] == [
-        "reports/finetune/test_efficientnet/trainings/unseen-classes-history.csv"]
+    errors = shown.get("errors", [])
+    assert [(error["name"], error["source"]) for error in errors] == [
+        ("finetune-curves", "reports/finetune/test_efficientnet/trainings/unseen-classes-history.csv")]
 
 
 def test_mlflow_has_one_tagged_run_per_cell_and_protocol(reproduced: Path) -> None:

@@ -51,14 +51,16 @@ def _running_with(text: str) -> list[int]:
     return found
 
 
+# With two ranks: killed once rank 0 has embedded its first batch (its progress line; logged after every batch here).
 @pytest.mark.parametrize("devices, when", [(1, "embedding 160 images"),
-                                           (2, "All distributed processes registered")])
+                                           (2, "extract test_efficientnet: 2 / 160 images")])
 def test_extract_killed_while_embedding_leaves_no_store(devices: int, when: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     make_image_tree(tmp_path / "source", classes=4, per_class=40, size=96)
     params = compose_params([f"data.source_dir={tmp_path / 'source'}", *TINY_PIPELINE, "backbone.batch_size=1",
                              f"backbone.devices={devices}"], out=tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RIS_PROGRESS_SECONDS", "0")
     cfg = read_params(params)
     download.run(cfg)
     split.run(cfg)
