@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,18 @@ def build_tiny_pipeline(work: Path, overrides: list[str], classes: int = 3, per_
             for name in ("brute", "annoy"):
                 index.run(cfg, dim, name)
     return params
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def tiny_run_overrides(images: Path) -> list[str]:
+    """`ris run` on a synthetic collection with timm's tiny test model: the real code path in seconds."""
+    return [f"data.source_dir={images}", "data.exclude_classes=[]", "backbone.name=test_efficientnet",
+            "backbone.pretrained=false", "backbone.num_workers=0", "backbone.batch_size=6",
+            "eval.latency.queries=20", "eval.latency.warmup=2",
+            "hydra.sweep.dir=multirun", "hydra.run.dir=outputs"]

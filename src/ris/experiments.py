@@ -3,8 +3,8 @@
 The grid's own runs are logged by the stages that compute them, so an experiment whose cells DVC restored from its
 cache logged nothing. The `track` stage has no outputs (DVC never restores it from its run cache): it runs whenever
 params or results change (an experiment identical to the one before it changes neither, and is that one) and logs
-the experiment's headline metrics (``reports/summary.json``), every param, the
-config and the figures, tagged with the git commit and the DVC experiment's name.
+the experiment's headline metrics (``reports/summary.json``), every param, the config and the figures, tagged with
+the git commit and the DVC experiment's name.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from ris.config import Config
 from ris.tracking.mlflow_log import flatten, git_commit, log_run
 
 DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for the commands it runs
-SUMMARY_PROTOCOL_KEYS = ("book", "heldout", "unseen-classes")
 
 
 def experiment_metrics(summary: dict[str, Any]) -> dict[str, float]:

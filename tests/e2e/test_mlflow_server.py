@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,23 +10,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_image_tree
+from conftest import free_port, make_image_tree, tiny_run_overrides
 
 from ris.cli import main
 
 pytestmark = pytest.mark.e2e
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """`mlflow server` with a SQLite backend and proxied artifacts, as a team would run it; its URL."""
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
@@ -57,9 +50,7 @@ def test_a_sweep_logs_every_run_metric_and_artifact_to_an_mlflow_server(mlflow_s
     images = make_image_tree(tmp_path / "collection", classes=3, per_class=5)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    main(["run", "-m", "grid.dims=4,8", "grid.indexes=brute", f"data.source_dir={images}", "data.exclude_classes=[]",
-          "backbone.name=test_efficientnet", "backbone.pretrained=false", "backbone.num_workers=0",
-          "backbone.batch_size=6", "eval.latency.queries=20", "eval.latency.warmup=2", "hydra.sweep.dir=multirun"])
+    main(["run", "-m", "grid.dims=4,8", "grid.indexes=brute", *tiny_run_overrides(images)])
 
     api = httpx.Client(base_url=f"{mlflow_server}/api/2.0/mlflow", timeout=30)
     experiment = api.get("/experiments/get-by-name", params={"experiment_name": "ris"}).json()["experiment"]

@@ -6,18 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_image_tree
+from conftest import make_image_tree, tiny_run_overrides
 
 import ris.run
 from ris.cli import compose_params, main
 from ris.embed.extract import run_extraction
-
-
-def _tiny_overrides(images: Path) -> list[str]:
-    return [f"data.source_dir={images}", "data.exclude_classes=[]", "backbone.name=test_efficientnet",
-            "backbone.pretrained=false", "backbone.num_workers=0", "backbone.batch_size=6",
-            "eval.latency.queries=20", "eval.latency.warmup=2",
-            "hydra.sweep.dir=multirun", "hydra.run.dir=outputs"]
 
 
 def test_multirun_sweeps_one_cell_per_job_into_one_mlflow_run_per_protocol(tmp_path: Path,
@@ -32,7 +25,7 @@ def test_multirun_sweeps_one_cell_per_job_into_one_mlflow_run_per_protocol(tmp_p
         return run_extraction(plan, *args, **kwargs)
 
     monkeypatch.setattr(ris.run, "run_extraction", counting_extraction)
-    main(["run", "-m", "grid.dims=4,8", "grid.indexes=annoy,brute", *_tiny_overrides(images)])
+    main(["run", "-m", "grid.dims=4,8", "grid.indexes=annoy,brute", *tiny_run_overrides(images)])
 
     stores = [store for store in (tmp_path / "artifacts/cache/features/test_efficientnet").iterdir()
               if not store.name.startswith(".")]  # lock files (ris.locks) are hidden
@@ -63,7 +56,7 @@ def test_multirun_sweeps_one_cell_per_job_into_one_mlflow_run_per_protocol(tmp_p
             assert run.data.params["rerank.method"] == run.data.tags["rerank"]
             assert 0.0 <= run.data.metrics["map_at_r"] <= 1.0 and run.data.metrics["latency_p50_us"] > 0
 
-    main(["run", "grid.dims=full", "grid.indexes=brute", *_tiny_overrides(images)])  # reuses the store
+    main(["run", "grid.dims=full", "grid.indexes=brute", *tiny_run_overrides(images)])  # reuses the store
     assert len(extractions) == 1
     assert len(client.search_runs([client.get_experiment_by_name("ris").experiment_id])) == 10 + 8 + 4
 
@@ -115,7 +108,7 @@ def test_run_reuses_stored_features_when_the_weights_are_gone(tmp_path: Path, mo
     save_file(timm.create_model("test_efficientnet", pretrained=False).state_dict(), weights)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    overrides = [*_tiny_overrides(images), "backbone.pretrained=true", f"backbone.weights_file={weights}",
+    overrides = [*tiny_run_overrides(images), "backbone.pretrained=true", f"backbone.weights_file={weights}",
                  "grid.dims=[4]", "grid.indexes=[brute]", "tracking.enabled=false"]
     main(["run", *overrides])
     weights.unlink()
@@ -136,7 +129,7 @@ def test_a_run_over_two_backbones_extracts_and_tracks_each(tmp_path: Path, monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     second = ["+backbones.test_resnet.name=test_resnet", "+backbones.test_resnet.pretrained=false",
               "+backbones.test_resnet.num_workers=0", "grid.backbones=[test_efficientnet,test_resnet]"]
-    main(["run", "grid.dims=4", "grid.indexes=brute", "eval.rerank.indexes=[]", *_tiny_overrides(images), *second])
+    main(["run", "grid.dims=4", "grid.indexes=brute", "eval.rerank.indexes=[]", *tiny_run_overrides(images), *second])
     for name in ("test_efficientnet", "test_resnet"):
         stores = (tmp_path / f"artifacts/cache/features/{name}").iterdir()
         assert any(not store.name.startswith(".") for store in stores)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from conftest import build_tiny_pipeline
+from conftest import build_tiny_pipeline, free_port
 from PIL import Image
 
 from ris.checks import read_params
@@ -22,12 +21,6 @@ from ris.search.searcher import Searcher
 from ris.serve.app import ServeLimits, create_app
 
 UPLOAD_LIMIT = 200_000
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def server(pipeline: Path) -> Iterator[str]:
         patch.chdir(pipeline)  # as `ris serve` runs: from the checkout (the service then outlives the chdir)
         searcher = Searcher.from_pipeline(read_params("params.yaml"), "full", "brute")
         app = create_app(searcher, ServeLimits(max_upload_bytes=UPLOAD_LIMIT, max_k=20, workers=2))
-    port = _free_port()
+    port = free_port()
     running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -187,7 +180,7 @@ def test_bench_serve_loads_a_real_server_process_and_reports_latency_memory_and_
 
     monkeypatch.chdir(pipeline)
     result = run_serve_benchmark(Path("params.yaml"), clients=3, requests_per_client=4, warmup=2, k=5,
-                                 port=_free_port(), max_seconds=120, serve_args=["--workers", "2"])
+                                 port=free_port(), max_seconds=120, serve_args=["--workers", "2"])
     assert result["one_client"]["requests"] == 4 and result["concurrent"]["requests"] == 12
     assert result["one_client"]["errors"] == result["concurrent"]["errors"] == 0
     latency = result["concurrent"]["latency_ms"]

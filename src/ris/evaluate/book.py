@@ -6,6 +6,7 @@ querying all the others; its figures are quoted, never measured here.
 
 from __future__ import annotations
 
+import os
 import platform
 
 import pandas as pd
@@ -21,8 +22,6 @@ BOOK_EXTRACTION = "310 images/s, ResNet-50 on a Colab GPU"
 
 def machine() -> str:
     """This machine in a few words: CPU model (where the OS says) and core count."""
-    import os
-
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as info:

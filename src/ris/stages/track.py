@@ -6,9 +6,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ris.experiments import log_experiment
 from ris.paths import PipelinePaths
 from ris.stages._common import Done, load_stage_config, parse_stage_args, stage_main
-from ris.experiments import log_experiment
 from ris.tracking.mlflow_log import local_store
 
 

@@ -43,8 +43,9 @@ def run(cfg: Config, *, sample: int, examples: int, k: int, seed: int) -> dict:
     bad = pick(ranked, features.labels, examples, best=False)
     images = image_root(paths.images_dir)
     name, shown = cfg.backbone.name, f"{len(table):,} of {len(features.rows):,} images"
+    mean_precision = sum(example.precision for example in ranked) / len(ranked)
     report = {"backbone": name, "dim": dim_label(dim), "vector_dim": int(reduced.vectors.shape[1]), "k": k,
-              "protocol": "heldout", "search": "exact", "mean_precision": sum(e.precision for e in ranked) / len(ranked),
+              "protocol": "heldout", "search": "exact", "mean_precision": mean_precision,
               "good": describe(good, features.rows), "bad": describe(bad, features.rows)}
     with atomic_folder(paths.reports_dir / FOLDER / name) as folder:
         table.to_csv(folder / "map.csv", index=False, float_format="%.5g")

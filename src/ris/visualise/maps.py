@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on a server or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
 TSNE_INPUT_DIM = 50
 
@@ -46,6 +42,11 @@ def embedding_map(embeddings: np.ndarray, rows: pd.DataFrame, *, sample: int, se
 
 def plot_map(table: pd.DataFrame, kind: str, title: str, path: Path) -> Path:
     """Scatter ``table``'s ``{kind}_x``/``{kind}_y`` coloured by class, each class named at its median point."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     classes = sorted(table["class"].unique())
     colours = plt.get_cmap("tab20")
     figure, axes = plt.subplots(figsize=(11, 9), dpi=150)
