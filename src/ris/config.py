@@ -57,6 +57,9 @@ class DataConfig:
     source_dir: str | None = None  # an already extracted image folder (or env RIS_DATA_DIR)
     # Catalogue that folder where it is instead of copying it into ``root`` (saves the copy's time and disk).
     in_place: bool = False
+    # Images added while serving (`POST /images`), one sub-folder per class: catalogued with the collection. It must
+    # exist (DVC hashes it as the download stage's input); git keeps its README.
+    additions: str = "data/additions"
     image_root: str = ""  # folder inside the archive whose sub-folders are the classes
     root: str = "data"  # where the prepared collection lives
     download_dir: str = "data/downloads"  # cache of downloaded archives (not a pipeline output)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -46,7 +47,8 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repo whose params point at a 4-class synthetic set; `dvc repro` has run in it once."""
     work = tmp_path_factory.mktemp("repo")
-    for name in ("conf", "src", "dvc.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore"):
+    for name in ("conf", "src", "dvc.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore",
+                 "data/additions/README.md"):
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, work / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -251,3 +253,23 @@ def test_every_notebook_runs_on_the_pipelines_outputs(reproduced: Path, notebook
     outputs = [output for cell in document.cells if cell.cell_type == "code" for output in cell.outputs]
     assert outputs and not [output for output in outputs if output.output_type == "error"]
     assert any("image/png" in output.get("data", {}) for output in outputs), "the notebook drew no figure"
+
+
+def test_an_image_added_while_serving_is_kept_by_the_next_repro_which_embeds_only_it(reproduced: Path) -> None:
+    """Last in this module: it grows the collection. An addition (as `POST /images` writes it) changes the download
+    stage's input, so `dvc repro` catalogues it and extraction embeds that one image, reusing the others."""
+    import numpy as np
+    from PIL import Image
+
+    from ris.data.additions import write_addition
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    addition, _ = write_addition(reproduced / "data/additions", "class_00", buffer.getvalue())
+    assert "download" in _run(["dvc", "status"], reproduced).stdout
+    log = _run(["dvc", "repro"], reproduced).stdout
+    assert "Running stage 'download'" in log
+    extract = json.loads((reproduced / "reports/extract/test_efficientnet.json").read_text())
+    assert extract["embedded"] == 1 and extract["images"] == extract["reused"] + 1
+    table = pd.read_parquet(reproduced / "data/caltech101/images.parquet")
+    assert f"class_00/added/{addition.relative.name}" in table["path"].tolist()

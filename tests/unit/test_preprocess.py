@@ -53,6 +53,16 @@ def test_pipelines_it_cannot_translate_run_timms_own_transform():
     assert torch.equal(ours(image), timm.data.create_transform(**config, use_prefetcher=True)(image))
 
 
+@pytest.mark.parametrize("interpolation", ["box", "hamming", "lanczos"])
+def test_interpolations_torch_cannot_resize_tensors_with_stay_with_timms_pil_transform(interpolation: str):
+    config = {"input_size": (3, 64, 64), "interpolation": interpolation, "crop_pct": 0.875, "crop_mode": "center",
+              **GRAY}
+    ours = eval_transform(config)
+    assert not isinstance(ours, TensorResizeCrop)
+    image = _photo(120, 90, 1)
+    assert torch.equal(ours(image), timm.data.create_transform(**config, use_prefetcher=True)(image))
+
+
 def test_scaled_output_is_what_the_model_makes_of_uint8_batches_bit_for_bit():
     config = {**CONFIGS["mobilenet"], **GRAY}
     images = [_photo(320, 240, seed) for seed in range(3)]

@@ -26,6 +26,7 @@ def test_cells_that_left_the_grid_leave_no_metric_files(tmp_path: Path, monkeypa
     for cell in grid_cells(cfg):
         evaluate.run(cfg, cell)
     table = report.run(cfg)
+    assert (tmp_path / "reports/recall-qps.png").stat().st_size > 10_000  # every cell's recall against its speed
     # The served cell (search.dim=8, search.index=annoy) sums the run up at keys no backbone or grid changes.
     summary = json.loads((tmp_path / "reports/summary.json").read_text())
     assert (summary["backbone"], summary["dim"], summary["index"]) == ("test_efficientnet", "8", "annoy")

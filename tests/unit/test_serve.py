@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 import threading
@@ -11,14 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 import uvicorn
 from conftest import build_tiny_pipeline, free_port
+from fastapi import FastAPI
 from PIL import Image
 
 from ris.checks import read_params
 from ris.search.searcher import Searcher
-from ris.serve.app import ServeLimits, create_app
+from ris.serve.app import Additions, ServeLimits, create_app
 
 UPLOAD_LIMIT = 200_000
 
@@ -32,11 +37,19 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(pipeline: Path) -> Iterator[str]:
-    """The service on a free loopback port, in a thread of this process; its base URL."""
+    """The service on a free loopback port, in a thread of this process, read-only; its base URL."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(pipeline)  # as `ris serve` runs: from the checkout (the service then outlives the chdir)
         searcher = Searcher.from_pipeline(read_params("params.yaml"), "full", "brute")
-        app = create_app(searcher, ServeLimits(max_upload_bytes=UPLOAD_LIMIT, max_k=20, workers=2))
+        app = create_app(searcher, ServeLimits(max_upload_bytes=UPLOAD_LIMIT, max_k=20, workers=2),
+                         read_only_reason="this test's server is read-only")
+    with serving(app) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free loopback port, in a thread of this process; yield its base URL."""
     port = free_port()
     running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=running.run, daemon=True)
@@ -188,3 +201,142 @@ def test_bench_serve_loads_a_real_server_process_and_reports_latency_memory_and_
     assert result["memory_mib"]["after_warmup"] > 0 and result["images"] == 18
     assert set(result["targets"]) == {"one_client_p50_ms", "concurrency_speedup", "no_errors"}
     assert result["targets"]["no_errors"]["holds"] and result["serve_args"] == ["--workers", "2"]
+
+
+def _photo(seed: int, size: int = 80) -> bytes:
+    """A JPEG no collection image equals: smooth random colour fields."""
+    generator = np.random.default_rng(seed)
+    small = generator.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return _jpeg(Image.fromarray(small).resize((size, size), Image.BICUBIC))
+
+
+@pytest.fixture()
+def growing(pipeline: Path, tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
+    """A service that takes additions into ``tmp_path/additions``, over PCA-8 + Annoy (approximate, so the added
+    rows' exact search is merged with another family); a client, the additions folder and the pipeline."""
+    folder = tmp_path / "additions"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline)
+        searcher = Searcher.from_pipeline(read_params("params.yaml"), 8, "annoy")
+        app = create_app(searcher, ServeLimits(max_upload_bytes=UPLOAD_LIMIT, max_files=3),
+                         Additions(folder, excluded_classes=("class_03",)))
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as session:
+        yield session, folder, pipeline
+
+
+def test_an_added_image_is_searchable_at_once_served_by_its_new_id_and_written_to_the_additions_folder(
+        growing: tuple[httpx.Client, Path, Path]) -> None:
+    client, folder, _ = growing
+    photo = _photo(1)
+    response = client.post("/images", files=[("images", ("mine.jpg", photo, "image/jpeg"))], data={"class": "kites"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["added"] == 1 and body["collection"] == 19
+    added = body["images"][0]
+    assert added["id"] == 18 and added["class"] == "kites" and added["new"]
+    digest = hashlib.sha256(photo).hexdigest()
+    assert added["sha256"] == digest
+    assert (folder / "kites" / f"{digest[:16]}.jpg").read_bytes() == photo  # the bytes as uploaded
+    assert [path.name for path in folder.rglob("*")] == ["kites", f"{digest[:16]}.jpg"]  # no temporary left
+    found = client.post("/search", files={"image": ("q.jpg", photo, "image/jpeg")}, data={"k": "5"}).json()
+    assert found["results"][0]["id"] == 18 and found["results"][0]["distance"] < 1e-3
+    distances = [hit["distance"] for hit in found["results"]]
+    assert distances == sorted(distances) and len({hit["id"] for hit in found["results"]}) == 5
+    only = client.post("/search", files={"image": ("q.jpg", photo, "image/jpeg")},
+                       data={"k": "1", "class": "kites"}).json()
+    assert [hit["id"] for hit in only["results"]] == [18]  # a class that only additions have can filter
+    assert client.get("/images/18").content == photo
+    assert Image.open(io.BytesIO(client.get("/images/18/thumbnail").content)).format == "JPEG"
+    assert client.get("/healthz").json()["images"] == 19 and client.get("/images/19").status_code == 404
+
+
+def test_adding_known_content_again_adds_nothing_and_returns_the_existing_rows(
+        growing: tuple[httpx.Client, Path, Path]) -> None:
+    client, folder, pipeline = growing
+    collection_image = _collection_image(pipeline, "class_02", 1).read_bytes()
+    photo = _photo(2)
+    files = [("images", ("a.jpg", photo, "image/jpeg")), ("images", ("b.jpg", photo, "image/jpeg")),
+             ("images", ("c.jpg", collection_image, "image/jpeg"))]
+    first = client.post("/images", files=files, data={"class": "class_00"})
+    assert first.status_code == 201, first.text
+    rows = [(item["id"], item["new"]) for item in first.json()["images"]]
+    assert rows[0] == (18, True) and rows[1] == (18, False)  # one copy, within the request
+    assert not rows[2][1] and rows[2][0] < 18  # already in the collection: its own row
+    again = client.post("/images", files=files[:1], data={"class": "class_00"})
+    assert again.status_code == 200 and again.json()["images"][0]["id"] == 18 and again.json()["added"] == 0
+    assert len(list(folder.rglob("*.jpg"))) == 1 and client.get("/healthz").json()["images"] == 19
+
+
+@pytest.mark.parametrize(("files", "label", "status", "says"), [
+    ([("x.jpg", _photo(3))], "../escape", 400, "not a plain folder name"),
+    ([("x.jpg", _photo(3))], "class_03", 400, "excluded"),
+    ([("notes.txt", b"not an image")], "kites", 415, "not an image"),
+    ([("x.jpg", _photo(3)), ("half.jpg", _photo(4)[:200])], "kites", 400, "truncated"),
+    ([("x.jpg", _photo(3)), ("empty.jpg", b"")], "kites", 400, "empty upload"),
+    ([("x.jpg", _photo(3))] * 4, "kites", 413, "the limit is 3"),
+    ([("big.bmp", b"BM" + bytes(UPLOAD_LIMIT + 10))], "kites", 413, "upload limit"),
+])
+def test_refused_additions_name_the_problem_and_write_nothing(growing: tuple[httpx.Client, Path, Path],
+                                                              files: list[tuple[str, bytes]], label: str,
+                                                              status: int, says: str) -> None:
+    client, folder, _ = growing
+    response = client.post("/images", files=[("images", (name, data, "image/jpeg")) for name, data in files],
+                           data={"class": label})
+    assert response.status_code == status, response.text
+    assert says in response.json()["detail"]
+    assert not folder.exists() or not list(folder.rglob("*"))
+    assert client.get("/healthz").json()["images"] == 18
+
+
+def test_an_unsupported_format_and_missing_fields_are_refused(growing: tuple[httpx.Client, Path, Path]) -> None:
+    client, _, _ = growing
+    icon = io.BytesIO()
+    Image.new("RGB", (32, 32), "blue").save(icon, "ICO")  # decodes, but is not a format the collection keeps
+    refused = client.post("/images", files=[("images", ("a.ico", icon.getvalue(), "image/x-icon"))],
+                          data={"class": "kites"})
+    assert refused.status_code == 415 and "format ICO cannot be added" in refused.json()["detail"]
+    no_class = client.post("/images", files=[("images", ("a.jpg", _photo(5), "image/jpeg"))])
+    assert no_class.status_code == 422 and "class" in str(no_class.json()["detail"])
+    no_images = client.post("/images", data={"class": "kites"})
+    assert no_images.status_code == 422 and "images" in str(no_images.json()["detail"])
+
+
+def test_a_read_only_service_refuses_additions_saying_why(client: httpx.Client) -> None:
+    response = client.post("/images", files=[("images", ("a.jpg", _photo(6), "image/jpeg"))],
+                           data={"class": "kites"})
+    assert response.status_code == 403 and "this test's server is read-only" in response.json()["detail"]
+
+
+def test_a_restarted_service_searches_the_additions_not_yet_catalogued(pipeline: Path, tmp_path: Path) -> None:
+    from ris.data.additions import write_addition
+
+    folder = tmp_path / "additions"
+    photo = _photo(7)
+    write_addition(folder, "kites", photo)
+    (folder / "README.md").write_text("not an addition")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline)
+        searcher = Searcher.from_pipeline(read_params("params.yaml"), "full", "brute")
+        create_app(searcher, additions=Additions(folder))
+    assert searcher.size == 19 and searcher.label(18) == "kites"
+    assert searcher.search(Image.open(io.BytesIO(photo)).convert("RGB"), k=1).hits[0].row == 18
+
+
+def test_an_added_image_joins_the_collection_at_the_next_download_and_only_it_is_embedded(tmp_path: Path) -> None:
+    """What `dvc repro` runs after additions: the download stage catalogues them, extraction embeds only them."""
+    from ris.data.additions import write_addition
+    from ris.stages import download, extract
+
+    params = build_tiny_pipeline(tmp_path, ["tracking.enabled=false"])
+    photo = _photo(8)
+    addition, _ = write_addition(tmp_path / "data/additions", "class_01", photo)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        cfg = read_params(params)
+        report = download.run(cfg)
+        extracted = extract.run(cfg)
+    assert report["images"] == 19 and "+ 1 added" in report["source"]
+    table = pd.read_parquet(tmp_path / "data/caltech101/images.parquet")
+    row = table[table["sha256"] == hashlib.sha256(photo).hexdigest()]
+    assert row["path"].tolist() == [f"class_01/added/{addition.relative.name}"] and row["class"].tolist() == ["class_01"]
+    assert extracted["images"] == 19 and extracted["embedded"] == 1 and extracted["reused"] == 18

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from ris.config import DataConfig
+from ris.data.additions import AdditionError, copy_additions, list_additions
 from ris.data.catalog import scan_images, write_in_place_record
 from ris.data.download import ChecksumError, download_file, extract_archive, is_archive, md5sum
 from ris.errors import UserFacingError
@@ -219,6 +220,26 @@ def _materialize(cfg: DataConfig, environ: Mapping[str, str], work: Path,
     )
 
 
+def _add_additions(cfg: DataConfig, image_root: Path, in_place: bool) -> int:
+    """Copy the images added while serving (``cfg.additions``) into the collection's staged image tree.
+
+    Raises:
+        AdditionError: the collection is catalogued in place (its source folder is never written to) and images
+            were added, or an addition's place is taken.
+    """
+    folder = Path(cfg.additions)
+    if in_place:
+        if list_additions(folder):
+            raise AdditionError(f"{folder} (data.additions) holds added images, but the collection is catalogued "
+                                "in place (data.in_place), and its source folder is never written to: move them "
+                                "into the source folder's class folders, then run `dvc repro -f download`")
+        return 0
+    added = copy_additions(folder, image_root)
+    if added:
+        logger.info("added %d images from %s (data.additions)", added, folder)
+    return added
+
+
 def _remove_stale_work(out_dir: Path) -> None:
     """Delete temporary folders that a killed earlier run left behind (called under the collection's lock, which
     every prepare holds while its work folder exists, so none of them belongs to a live process)."""
@@ -238,7 +259,8 @@ def prepare_collection(
     or env RIS_DATA_ARCHIVE (a local archive), then ``cfg.url`` (downloaded into ``cfg.download_dir``). Archives
     whose names are keys of ``cfg.checksums`` are md5-verified. Everything is built in a temporary folder next to
     the outputs and moved into place at the end, so an interrupted run leaves no half-written output.
-    ``cfg.exclude_classes`` is not applied: the table lists every image.
+    ``cfg.exclude_classes`` is not applied: the table lists every image. The images added while serving
+    (``cfg.additions``, :mod:`ris.data.additions`) join the collection as ``<class>/added/<file>``.
 
     Args:
         cfg: The data configuration.
@@ -284,6 +306,9 @@ def _prepare_locked(cfg: DataConfig, out_dir: Path, environ: Mapping[str, str], 
     try:
         image_root, source, in_place = _materialize(cfg, environ, work, progress)
         logger.info("read collection from %s", source)
+        added = _add_additions(cfg, image_root, in_place)
+        if added:
+            source = f"{source} + {added} added"
         table, skipped = scan_images(image_root, progress=progress)
         staged_table = work / "images.parquet"
         table.to_parquet(staged_table, index=False)

@@ -52,6 +52,10 @@ class TensorResizeCrop:
         return f"TensorResizeCrop(size={self.size}, crop={self.crop}, interpolation={self.interpolation.value})"
 
 
+TENSOR_INTERPOLATIONS = frozenset({transforms.InterpolationMode.NEAREST, transforms.InterpolationMode.NEAREST_EXACT,
+                                   transforms.InterpolationMode.BILINEAR, transforms.InterpolationMode.BICUBIC})
+
+
 def eval_transform(data_config: dict[str, Any], *, scaled: bool = False) -> Callable[[Image.Image], torch.Tensor]:
     """The model's evaluation preprocessing, RGB image in, CHW tensor out.
 
@@ -64,7 +68,9 @@ def eval_transform(data_config: dict[str, Any], *, scaled: bool = False) -> Call
     reference = timm.data.create_transform(**data_config, is_training=False, use_prefetcher=True)
     steps = list(getattr(reference, "transforms", []))
     translatable = (len(steps) == 3 and isinstance(steps[0], transforms.Resize) and steps[0].max_size is None
-                    and isinstance(steps[1], transforms.CenterCrop) and isinstance(steps[2], MaybePILToTensor))
+                    and isinstance(steps[1], transforms.CenterCrop) and isinstance(steps[2], MaybePILToTensor)
+                    # torch resizes tensors with these only (PIL's BOX, HAMMING and LANCZOS stay with PIL)
+                    and steps[0].interpolation in TENSOR_INTERPOLATIONS)
     uint8 = TensorResizeCrop(steps[0].size, steps[1].size, steps[0].interpolation) if translatable else reference
     return Normalized(uint8, data_config["mean"], data_config["std"]) if scaled else uint8
 

@@ -98,3 +98,48 @@ def stale_metric_files(metrics_root: Path, current: Iterable[Path]) -> list[Path
     """The metric files under ``metrics_root`` that are not ``current`` (cells that left the grid), sorted."""
     keep = {path.resolve() for path in current}
     return sorted(path for path in metrics_root.rglob("*.json") if path.resolve() not in keep)
+
+
+RECALL_QPS_PROTOCOL = "heldout"
+"""The protocol whose queries the recall-QPS figure uses: outside images, as a served search meets them."""
+
+
+def recall_qps_figure(table: pd.DataFrame, out: Path) -> int:
+    """Draw recall@k against exact search (x) and queries per second (y, log) of every grid cell without a
+    re-ranker, one colour per index and one marker per dimension, one panel per backbone; return how many points.
+
+    Each cell is one point at its tuned operating point (``index.*.operating_point``); `ris bench search` walks whole
+    curves. Exact families sit at recall 1.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    cells = table[(table["protocol"] == RECALL_QPS_PROTOCOL) & (table["rerank"] == NO_RERANK)]
+    cells = cells.dropna(subset=["ann_recall_at_10", "qps"])
+    backbones = list(dict.fromkeys(cells["backbone"]))
+    figure, axes = plt.subplots(1, max(len(backbones), 1), figsize=(6.5 * max(len(backbones), 1), 4.8),
+                                squeeze=False)
+    markers = "os^DvP*Xh<>"
+    for axis, backbone in zip(axes[0], backbones, strict=False):
+        part = cells[cells["backbone"] == backbone]
+        dims = list(dict.fromkeys(part["dim"]))
+        for number, (index, rows) in enumerate(part.groupby("index", sort=False)):
+            for _, row in rows.iterrows():
+                axis.scatter(row["ann_recall_at_10"], row["qps"], color=f"C{number % 10}",
+                             marker=markers[dims.index(row["dim"]) % len(markers)], s=60,
+                             label=f"{index}, {row['dim']}")
+        axis.set_yscale("log")
+        axis.set_xlabel(f"recall@10 against exact search ({RECALL_QPS_PROTOCOL} queries)")
+        axis.set_ylabel("queries per second, one thread")
+        axis.set_title(f"{backbone}: each grid cell at its operating point")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    temporary.replace(out)
+    return len(cells)

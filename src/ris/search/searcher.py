@@ -6,6 +6,7 @@ The CLI (`ris search`), the HTTP service and the notebooks all ask it the same q
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from ris.embed.pooling import pooled_backbone
 from ris.embed.store import load_features
 from ris.embed.weights import resolve_weights
 from ris.index.base import NearestNeighbourIndex
+from ris.index.brute import BruteForceIndex
 from ris.index.store import IndexStore
 from ris.paths import PipelinePaths
 from ris.reduce import FeatureReducer, ReducedStore
@@ -65,8 +67,30 @@ class ImageEmbedder:
         return self.module(batch).float().numpy()
 
 
+@dataclass(frozen=True)
+class AddedRows:
+    """Images added after the index was built, searched exactly beside it until `dvc repro` rebuilds the index.
+
+    Never changed in place: an addition makes a new one, so a search reads one consistent snapshot without a lock.
+    """
+
+    vectors: np.ndarray  # in the index's space, one row per added image
+    index: NearestNeighbourIndex | None  # exact search over ``vectors`` (None while nothing is added)
+    paths: tuple[Path, ...]
+    labels: tuple[str, ...]
+    sha256: tuple[str, ...]
+
+    @classmethod
+    def empty(cls, dim: int) -> AddedRows:
+        return cls(np.empty((0, dim), np.float32), None, (), (), ())
+
+
 class Searcher:
-    """Embeds query images, reduces them as the collection was reduced, and searches the collection's index."""
+    """Embeds query images, reduces them as the collection was reduced, and searches the collection's index.
+
+    Images can be added while it serves (:meth:`add_vectors`): row ids continue after the index's, and every search
+    merges the index's nearest with the added images' nearest by distance.
+    """
 
     def __init__(self, embedder: ImageEmbedder, reducer: FeatureReducer, index: NearestNeighbourIndex,
                  rows: pd.DataFrame, images_dir: Path, description: str) -> None:
@@ -78,8 +102,12 @@ class Searcher:
         self.index = index
         self.images_dir = images_dir  # where the rows' paths are relative to (the source folder, if in place)
         self.relative_paths = rows["path"].to_numpy()  # a Path is made per hit, not a million at load time
-        self.labels = rows["class"].tolist()
+        self.labels = rows["class"].tolist()  # the indexed rows' classes (added rows: ``added.labels``)
         self.description = description
+        # A content-hash index of the rows, built on the first lookup (pandas hashes it lazily).
+        self._hashes = pd.Index(rows["sha256"]) if "sha256" in rows.columns else None
+        self.added = AddedRows.empty(reducer.output_dim)
+        self._adding = threading.Lock()  # additions are serialised; searches never wait for them
 
     @classmethod
     def from_pipeline(cls, cfg: Config, dim: int | str | None = None, index_name: str | None = None) -> Searcher:
@@ -154,12 +182,67 @@ class Searcher:
         """The images' vectors in the index's space (embedded, normalised, reduced)."""
         return self.reducer.transform(self.embedder.embed(images))
 
+    @property
+    def size(self) -> int:
+        """How many images the searcher searches: the index's rows, then the added ones."""
+        return len(self.index) + len(self.added.labels)
+
+    def label(self, row: int) -> str:
+        """The class of row ``row`` (an index row or an added one)."""
+        return self._label(row, len(self.index), self.added)
+
+    def path(self, row: int) -> Path:
+        """The image file of row ``row``."""
+        return self._path(row, len(self.index), self.added)
+
+    def find(self, sha256: str) -> int | None:
+        """The first row whose image has this content hash, or None (always None for stores without hashes)."""
+        if self._hashes is not None:
+            positions, _ = self._hashes.get_indexer_non_unique([sha256])
+            if positions[0] >= 0:
+                return int(positions[0])
+        added = self.added
+        return len(self.index) + added.sha256.index(sha256) if sha256 in added.sha256 else None
+
+    def add_vectors(self, vectors: np.ndarray, paths: list[Path], labels: list[str],
+                    sha256: list[str]) -> list[int]:
+        """Make images searchable without touching the built index: their vectors (from :meth:`embed`), image
+        files, classes and content hashes. Returns their row ids.
+
+        The added rows are searched exactly; the snapshot is rebuilt per call (a copy of the added vectors), which
+        is what `dvc repro` is for once additions grow large.
+        """
+        if not len(vectors) == len(paths) == len(labels) == len(sha256):
+            raise ValueError("add_vectors needs one path, label and hash per vector")
+        with self._adding:
+            before = self.added
+            stacked = np.vstack([before.vectors, np.asarray(vectors, np.float32)])
+            self.added = AddedRows(stacked, BruteForceIndex.build(stacked, metric=self.index.metric),
+                                   before.paths + tuple(paths), before.labels + tuple(labels),
+                                   before.sha256 + tuple(sha256))
+            first = len(self.index) + len(before.labels)
+        return list(range(first, first + len(vectors)))
+
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The ``k`` nearest collection images of each vector (already in the index's space)."""
-        ids, distances = self.index.search(vectors, min(k, len(self.index)))
-        return [[Hit(rank, int(row), self.images_dir / self.relative_paths[row], self.labels[row], float(distance))
+        added = self.added  # one snapshot for the whole call
+        base = len(self.index)
+        ids, distances = self.index.search(vectors, min(k, base))
+        if added.index is not None:
+            extra_ids, extra_distances = added.index.search(vectors, min(k, len(added.labels)))
+            ids = np.concatenate([ids, np.where(extra_ids >= 0, extra_ids + base, -1)], axis=1)
+            distances = np.concatenate([distances, extra_distances], axis=1)
+            order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+            ids, distances = np.take_along_axis(ids, order, 1), np.take_along_axis(distances, order, 1)
+        return [[Hit(rank, int(row), self._path(row, base, added), self._label(row, base, added), float(distance))
                  for rank, (row, distance) in enumerate(zip(row_ids, row_distances, strict=True), start=1) if row >= 0]
                 for row_ids, row_distances in zip(ids, distances, strict=True)]
+
+    def _path(self, row: int, base: int, added: AddedRows) -> Path:
+        return self.images_dir / self.relative_paths[row] if row < base else added.paths[row - base]
+
+    def _label(self, row: int, base: int, added: AddedRows) -> str:
+        return self.labels[row] if row < base else added.labels[row - base]
 
     def search(self, image: Image.Image, k: int = 10) -> SearchResult:
         """The ``k`` collection images most like ``image`` (decoded RGB), with timings."""

@@ -1,5 +1,9 @@
 """The HTTP service over one :class:`~ris.search.searcher.Searcher`: search by upload, the collection's images by id,
-health and Prometheus metrics, and a web page. The model and the index load once, before the first request.
+images added while it runs, health and Prometheus metrics, and a web page. The model and the index load once,
+before the first request.
+
+An added image (`POST /images`) is written to the additions folder (where the next `dvc repro` catalogues it) and
+then searched beside the built index at once; nothing else is re-embedded and nothing restarts.
 
 Model work runs in worker threads (never on the event loop), at most ``limits.workers`` at a time, each with one
 torch thread: on a small CPU two single-threaded searches side by side beat one search using both cores, and the
@@ -10,23 +14,29 @@ own limits (``limits.max_k``), so they must be evaluated where they are written.
 """
 
 
+import hashlib
 import io
+import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from PIL import Image, UnidentifiedImageError
 
+from ris.data.additions import AdditionError, check_class_name, list_additions, suffix_for, write_addition
 from ris.images import ImageReadError, open_image
 from ris.search.searcher import Hit, Searcher
 from ris.serve.metrics import RequestMetrics
 
 THUMBNAIL_PX = 256
+log = logging.getLogger("ris.serve")
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,17 @@ class ServeLimits:
 
     max_upload_bytes: int = 20 * 2**20
     max_k: int = 100
+    max_files: int = 32  # images one `POST /images` may add
     workers: int = 2  # searches computed side by side (one per core is the measured best on a small CPU)
+
+
+@dataclass(frozen=True)
+class Additions:
+    """Where `POST /images` writes the images it adds (``data.additions``), and the classes it refuses."""
+
+    folder: Path
+    excluded_classes: tuple[str, ...] = ()
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
 
 class SearchError(HTTPException):
@@ -58,11 +78,83 @@ def hit_json(hit: Hit) -> dict[str, Any]:
             "image_url": f"/images/{hit.row}", "thumbnail_url": f"/images/{hit.row}/thumbnail"}
 
 
-def create_app(searcher: Searcher, limits: ServeLimits | None = None) -> FastAPI:
-    """The service's routes over ``searcher`` (already loaded)."""
+def add_images(searcher: Searcher, additions: Additions, label: str, uploads: list[tuple[str, bytes]]
+               ) -> list[dict[str, Any]]:
+    """Add uploaded images (name and bytes) to class ``label``: written to the additions folder, then searchable.
+
+    An image whose content the collection already holds is not added again: its existing row is returned.
+
+    Raises:
+        SearchError: an upload is not an image, is damaged or of a format the collection does not keep (each
+            refused before anything is written), or the class name is not allowed.
+    """
+    try:
+        check_class_name(label, additions.excluded_classes)
+    except AdditionError as error:
+        raise SearchError(400, str(error)) from None
+    images = []
+    for name, data in uploads:
+        try:
+            images.append(open_image(data, name=name))
+            suffix_for(data)
+        except ImageReadError as error:
+            raise SearchError(upload_status(error), str(error)) from None
+        except AdditionError as error:
+            raise SearchError(415, f"{name}: {error}") from None
+    vectors = searcher.embed(images)  # the slow part, outside the lock: searches and other additions go on
+    digests = [hashlib.sha256(data).hexdigest() for _, data in uploads]
+    with additions.lock:  # one writer at a time: the check for an existing copy and the addition are one step
+        rows = [searcher.find(digest) for digest in digests]
+        # New content, first copy in this request: written, then added to the searcher.
+        fresh = [position for position, digest in enumerate(digests)
+                 if rows[position] is None and digests.index(digest) == position]
+        paths = [(additions.folder / write_addition(additions.folder, label, uploads[position][1])[0].relative)
+                 .resolve() for position in fresh]
+        if fresh:
+            ids = searcher.add_vectors(vectors[fresh], paths, [label] * len(fresh),
+                                       [digests[position] for position in fresh])
+            for position, row in zip(fresh, ids, strict=True):
+                rows[position] = row
+    rows = [rows[digests.index(digest)] if row is None else row for row, digest in zip(rows, digests, strict=True)]
+    return [{"name": name, "id": row, "class": searcher.label(row), "new": position in fresh, "sha256": digest,
+             "image_url": f"/images/{row}", "thumbnail_url": f"/images/{row}/thumbnail"}
+            for position, ((name, _), row, digest) in enumerate(zip(uploads, rows, digests, strict=True))]
+
+
+def add_pending(searcher: Searcher, additions: Additions) -> int:
+    """Make the images in the additions folder that the collection does not hold yet searchable (added before a
+    restart, not yet catalogued by `dvc repro`); return how many. Unreadable files are logged and left alone."""
+    pending = 0
+    for relative in list_additions(additions.folder):
+        data = (additions.folder / relative).read_bytes()
+        if searcher.find(hashlib.sha256(data).hexdigest()) is not None:
+            continue
+        try:
+            add_images(searcher, additions, relative.parts[0], [(relative.as_posix(), data)])
+        except SearchError as error:
+            log.warning("not searching %s: %s", additions.folder / relative, error.detail)
+            continue
+        pending += 1
+    return pending
+
+
+def create_app(searcher: Searcher, limits: ServeLimits | None = None, additions: Additions | None = None,
+               read_only_reason: str = "this service was started read-only") -> FastAPI:
+    """The service's routes over ``searcher`` (already loaded).
+
+    Args:
+        searcher: What to search.
+        limits: What one request may ask.
+        additions: Where `POST /images` adds images; None makes the collection read-only (`POST /images` answers
+            403 with ``read_only_reason``). Images already in that folder but not in the collection are made
+            searchable first.
+        read_only_reason: Why the collection is read-only, for the 403's message.
+    """
     limits = limits or ServeLimits()
+    if additions is not None and (pending := add_pending(searcher, additions)):
+        log.info("searching %d images added since the collection was catalogued (%s)", pending, additions.folder)
     app = FastAPI(title="ris: reverse image search", version="0.1.0",
-                  description=f"Search {len(searcher.labels):,} images ({searcher.description}) by example.")
+                  description=f"Search {searcher.size:,} images ({searcher.description}) by example.")
     metrics = RequestMetrics()
     limiter = anyio.CapacityLimiter(limits.workers)
     classes = frozenset(searcher.labels)
@@ -99,10 +191,10 @@ def create_app(searcher: Searcher, limits: ServeLimits | None = None) -> FastAPI
         depth = k
         while True:
             hits = [hit for hit in searcher.search_vectors(vector, depth)[0] if hit.label == label]
-            if len(hits) >= k or depth >= len(searcher.labels):
+            if len(hits) >= k or depth >= searcher.size:
                 return [Hit(rank, hit.row, hit.path, hit.label, hit.distance)
                         for rank, hit in enumerate(hits[:k], start=1)]
-            depth = min(4 * depth, len(searcher.labels))
+            depth = min(4 * depth, searcher.size)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> str:
@@ -119,25 +211,51 @@ def create_app(searcher: Searcher, limits: ServeLimits | None = None) -> FastAPI
             raise SearchError(413, f"upload larger than the limit of {limits.max_upload_bytes:,} bytes")
         if not data:
             raise SearchError(400, "empty upload: the 'image' field holds no bytes")
-        if label is not None and label not in classes:
+        if label is not None and label not in classes and label not in searcher.added.labels:
             raise SearchError(400, f"unknown class {label!r}: the collection has {len(classes)} classes "
                                    f"(for example {', '.join(sorted(classes)[:5])})")
         return await anyio.to_thread.run_sync(run_search, data, image.filename or "upload", k, label,
                                               limiter=limiter)
 
+    @app.post("/images", summary="Add images to the collection: searchable at once, kept by the next `dvc repro`",
+              status_code=201, responses={200: {"description": "every image was already in the collection"}})
+    async def add(images: Annotated[list[UploadFile], File(description="one or more images (JPEG, PNG, ...)")],
+                  label: Annotated[str, Form(alias="class", description="their class (a new one is allowed)")],
+                  ) -> JSONResponse:
+        if additions is None:
+            raise SearchError(403, f"images cannot be added: {read_only_reason}")
+        if len(images) > limits.max_files:
+            raise SearchError(413, f"{len(images)} images in one request, the limit is {limits.max_files}")
+        uploads = []
+        for upload in images:
+            name = upload.filename or "upload"
+            data = await upload.read(limits.max_upload_bytes + 1)
+            if len(data) > limits.max_upload_bytes:
+                raise SearchError(413, f"{name}: larger than the upload limit of {limits.max_upload_bytes:,} bytes")
+            if not data:
+                raise SearchError(400, f"{name}: empty upload, no bytes")
+            uploads.append((name, data))
+        added = await anyio.to_thread.run_sync(add_images, searcher, additions, label, uploads, limiter=limiter)
+        new = sum(item["new"] for item in added)
+        return JSONResponse({"added": new, "images": added, "collection": searcher.size},
+                            status_code=201 if new else 200)
+
     def checked_row(image_id: int) -> int:
-        if not 0 <= image_id < len(searcher.labels):
-            raise SearchError(404, f"no image {image_id}: ids run from 0 to {len(searcher.labels) - 1}")
+        if not 0 <= image_id < searcher.size:
+            raise SearchError(404, f"no image {image_id}: ids run from 0 to {searcher.size - 1}")
         return image_id
 
     @app.get("/images/{image_id}", summary="A collection image, by id (the ids /search returns)")
     def collection_image(image_id: int) -> FileResponse:
-        row = checked_row(image_id)
-        return FileResponse(images_dir / searcher.relative_paths[row])
+        return FileResponse(image_file(checked_row(image_id)))
+
+    def image_file(row: int) -> Path:
+        """The row's file by an absolute path (the server may change its working directory after it starts)."""
+        return images_dir / searcher.relative_paths[row] if row < len(searcher.index) else searcher.path(row)
 
     @lru_cache(maxsize=4096)
     def thumbnail_bytes(row: int) -> bytes:
-        image = open_image(images_dir / searcher.relative_paths[row])
+        image = open_image(image_file(row))
         image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
@@ -153,7 +271,8 @@ def create_app(searcher: Searcher, limits: ServeLimits | None = None) -> FastAPI
 
     @app.get("/healthz", summary="Whether the service is up, and what it serves")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "images": len(searcher.labels), "cell": searcher.description}
+        return {"status": "ok", "images": searcher.size, "added": len(searcher.added.labels),
+                "cell": searcher.description}
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Request counts and latencies (Prometheus)")
     def prometheus() -> PlainTextResponse:

@@ -9,13 +9,14 @@ import pandas as pd
 
 from ris.config import Config, dim_label, parse_dim, with_backbone
 from ris.evaluate.backbones import BackboneReports, backbone_table, backbones_markdown
-from ris.evaluate.results import headline_summary, results_table, stale_metric_files, to_markdown
+from ris.evaluate.results import (headline_summary, recall_qps_figure, results_table, stale_metric_files,
+                                  to_markdown)
 from ris.paths import PipelinePaths, write_json_atomic, write_text_atomic
 from ris.stages._common import Done, load_stage_config, log, parse_stage_args, stage_main
 
 
 def run(cfg: Config) -> pd.DataFrame:
-    """Write ``results.csv`` and ``results.md`` for every ``grid.backbones`` x ``grid.dims`` x ``grid.indexes``
+    """Write ``results.csv``, ``results.md`` and the ``recall-qps.png`` figure for every ``grid.backbones`` x ``grid.dims`` x ``grid.indexes``
     cell, in grid order, ``backbones.csv`` / ``backbones.md`` for every backbone of the grid, and ``summary.json``:
     the served cell's headline metrics (``search.dim`` and ``search.index`` of the primary backbone, or the grid's
     first cell when that one is not in the grid), at fixed keys so that any two experiments compare.
@@ -35,6 +36,7 @@ def run(cfg: Config) -> pd.DataFrame:
             stale.parent.rmdir()  # a backbone with no cell left
     write_text_atomic(paths.reports_dir / "results.csv", table.to_csv(index=False))
     write_text_atomic(paths.reports_dir / "results.md", to_markdown(table, cfg.eval))
+    recall_qps_figure(table, paths.reports_dir / "recall-qps.png")
     reports = [BackboneReports.read(each.extract_report, each.pca_sweep_table, each.pca_choice)
                for each in backbone_paths]
     backbones = backbone_table(reports, cfg.eval, whiten=cfg.reduce.whiten, renormalize=cfg.reduce.renormalize)
@@ -51,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         table, paths = run(cfg), PipelinePaths(cfg)
         reports = paths.reports_dir
         return Done([reports / "metrics", reports / "extract", reports / "pca"],
-                    [reports / name for name in ("results.csv", "results.md", "backbones.csv", "backbones.md",
-                                                 "summary.json")], f"{len(table):,} result rows")
+                    [reports / name for name in ("results.csv", "results.md", "recall-qps.png",
+                                                 "backbones.csv", "backbones.md", "summary.json")], f"{len(table):,} result rows")
 
     stage_main("report", body)
 
