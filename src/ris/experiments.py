@@ -47,7 +47,7 @@ def log_experiment(cfg: Config, params_file: Path, reports: Path) -> str | None:
     commit = git_commit()
     tags = {"kind": "experiment", "source": "dvc", "git_commit": commit, "dvc_experiment": experiment or "workspace",
             "backbone": str(summary["backbone"]), "dim": str(summary["dim"]), "index": str(summary["index"])}
-    tables = [reports / name for name in ("summary.json", "results.md", "backbones.md")
+    tables = [reports / name for name in ("summary.json", "results.md", "grid.md", "backbones.md")
               if (reports / name).is_file()]
     name = f"experiment/{experiment or commit[:12]}/{summary['backbone']}/{summary['dim']}/{summary['index']}"
     return log_run(cfg.tracking, name, params, experiment_metrics(summary), tags,

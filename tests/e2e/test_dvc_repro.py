@@ -69,7 +69,7 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_repro_logs_each_stage_in_one_closing_line_without_third_party_noise(reproduced: Path) -> None:
     log = (reproduced / "repro.log").read_text()
     for stage in ("download", "split", "extract", "pca_sweep", "reduce", "index", "evaluate", "report", "finetune",
-                  "finetune_report", "visualise"):
+                  "finetune_report", "visualise", "results"):
         assert f"stage {stage} done in " in log, f"no closing line for {stage}"
     closing = next(line for line in log.splitlines() if "stage extract done in " in line)
     assert "read data/" in closing and "wrote artifacts/features/test_efficientnet (" in closing
@@ -100,6 +100,10 @@ def test_repro_writes_every_output(reproduced: Path) -> None:
     examples = json.loads((figures / "examples.json").read_text())
     # search.dim (auto) is not in this grid: the grid's first dimension is drawn, as the summary does.
     assert examples["dim"] == "full" and examples["good"] and examples["bad"]
+    page = (reproduced / "reports/results.md").read_text()
+    headings = ["## Beside the book", "## Backbones", "## Feature length", "## Search algorithms", "## Fine-tuning"]
+    assert [page.index(heading) for heading in headings] == sorted(page.index(heading) for heading in headings)
+    assert (reproduced / "reports/recall-qps.png").stat().st_size > 10_000
     results = pd.read_csv(reproduced / "reports/results.csv")
     rows = zip(results["dim"].astype(str), results["index"], results["rerank"], results["protocol"], strict=True)
     # eval.rerank measures its rerankers on brute cells: their rows follow the cell's own.
@@ -222,7 +226,7 @@ def test_dvc_exp_run_recomposes_params_with_hydra_and_reuses_cached_stages(repro
     assert yaml.safe_load((reproduced / "params.yaml").read_text())["grid"]["dims"] == ["full", 4]
     assert "Running stage 'extract@" not in log and "Running stage 'reduce@test_efficientnet-4'" in log
     assert (reproduced / "reports/metrics/test_efficientnet/4-annoy.json").exists()
-    assert "| 4 " in (reproduced / "reports/results.md").read_text()
+    assert "| 4 " in (reproduced / "reports/grid.md").read_text()
 
     # An experiment whose every cell DVC restores from its cache still appears in MLflow, under its name.
     from mlflow.tracking import MlflowClient

@@ -45,7 +45,7 @@ def test_cells_that_left_the_grid_leave_no_metric_files(tmp_path: Path, monkeypa
     table = report.run(read_params(params))
     # One cell, two protocols, each with one row per reranker eval.rerank measures on brute cells.
     assert list(table["rerank"]) == ["none", "aqe", "k_reciprocal"] * 2
-    assert (tmp_path / "reports/results.md").read_text().count("brute + k_reciprocal") == 2
+    assert (tmp_path / "reports/grid.md").read_text().count("brute + k_reciprocal") == 2
     assert [path.relative_to(tmp_path).as_posix() for path in (tmp_path / "reports/metrics").rglob("*.json")] == [
         "reports/metrics/test_efficientnet/8-brute.json"]
     assert not stray.parent.exists()
@@ -126,3 +126,35 @@ def test_results_md_sets_the_books_figures_beside_this_runs_measurements():
     approximate = results[results["family"] != "brute"]
     assert "pretrained accuracy" not in beside_the_book(approximate, backbones, None, primary="m", chosen_dim="100",
                                                         date="d", where="w")
+
+
+def test_the_results_page_answers_the_books_questions_in_its_order_with_protocols():
+    from ris.evaluate.book import algorithm_table, pca_table, results_page
+
+    results = pd.DataFrame([{"backbone": "m", "dim": dim, "index": index, "family": family, "rerank": "none",
+                             "protocol": protocol, "precision_at_4": 0.8,
+                             "map_at_r": 0.5 + (protocol == "heldout") / 10,
+                             "vector_dim": 8, "latency_p50_us": p50, "latency_p99_us": 2 * p50, "qps": 1e6 / p50,
+                             "ann_recall_at_10": recall, "index_build_seconds": 0.5, "index_bytes": 2**20}
+                            for dim, index, family, p50, recall in [("full", "brute", "brute", 100.0, 1.0),
+                                                                    ("8", "hnsw", "hnsw", 10.0, 0.97)]
+                            for protocol in ("book", "heldout")])
+    sweep = pd.DataFrame([{"dim": dim, "vector_dim": int(dim), "whiten": whiten, "renormalize": False,
+                           "protocol": protocol, "precision_at_4": 0.7, "precision_at_1": 0.75, "map_at_r": value,
+                           "explained_variance": 0.6, "latency_p50_us": 40.0}
+                          for dim, value in (("8", 0.4), ("16", 0.5)) for whiten in (False, True)
+                          for protocol in ("book", "heldout")])
+    curve = pca_table(sweep)
+    assert list(curve["dim"]) == ["8", "16"] and list(curve["held-out MAP@R %"]) == [40.0, 50.0]  # plain PCA only
+    algorithms = algorithm_table(results, "m")
+    assert list(algorithms["index"]) == ["brute (book)", "hnsw"]
+    assert list(algorithms["recall@10 vs exact %"]) == [100.0, 97.0]
+    assert list(algorithms["held-out MAP@R %"]) == [60.0, 60.0]
+    page = results_page(beside="### Beside the book\n\nthe comparison\n", backbones_md="### What each backbone is\n",
+                        sweep=sweep, choice={"rule": "the smallest within 0.5 points", "dim": 16}, results=results,
+                        finetune_md="# Fine-tuning: pretrained vs fine-tuned\n\n### `heldout` protocol\n",
+                        primary="m", date="2026-12-02", where="a CPU, 2 cores")
+    assert page.startswith("# Results\n") and "Written 2026-12-02 on a CPU, 2 cores" in page
+    order = ["## Beside the book", "## Backbones", "### What each backbone is", "## Feature length", "chose **16**",
+             "## Search algorithms", "brute (book)", "## Fine-tuning: pretrained", "#### `heldout` protocol"]
+    assert [page.index(text) for text in order] == sorted(page.index(text) for text in order)

@@ -314,12 +314,17 @@ def test_a_restarted_service_searches_the_additions_not_yet_catalogued(pipeline:
     photo = _photo(7)
     write_addition(folder, "kites", photo)
     (folder / "README.md").write_text("not an addition")
+    (folder / "kites" / "by-hand.jpg").write_bytes(_photo(9))  # copied in by hand: searched where it is
+    (folder / "kites" / "broken.jpg").write_bytes(b"not a jpeg")  # logged and left alone
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(pipeline)
         searcher = Searcher.from_pipeline(read_params("params.yaml"), "full", "brute")
         create_app(searcher, additions=Additions(folder))
-    assert searcher.size == 19 and searcher.label(18) == "kites"
-    assert searcher.search(Image.open(io.BytesIO(photo)).convert("RGB"), k=1).hits[0].row == 18
+    assert searcher.size == 20 and searcher.label(18) == searcher.label(19) == "kites"
+    assert sorted(path.name for path in folder.rglob("*.jpg")) == sorted(
+        ["broken.jpg", "by-hand.jpg", f"{hashlib.sha256(photo).hexdigest()[:16]}.jpg"])  # nothing written
+    hit = searcher.search(Image.open(io.BytesIO(photo)).convert("RGB"), k=1).hits[0]
+    assert hit.label == "kites" and hit.distance < 1e-3 and hit.path.parent == (folder / "kites").resolve()
 
 
 def test_an_added_image_joins_the_collection_at_the_next_download_and_only_it_is_embedded(tmp_path: Path) -> None:
@@ -338,5 +343,6 @@ def test_an_added_image_joins_the_collection_at_the_next_download_and_only_it_is
     assert report["images"] == 19 and "+ 1 added" in report["source"]
     table = pd.read_parquet(tmp_path / "data/caltech101/images.parquet")
     row = table[table["sha256"] == hashlib.sha256(photo).hexdigest()]
-    assert row["path"].tolist() == [f"class_01/added/{addition.relative.name}"] and row["class"].tolist() == ["class_01"]
+    assert row["path"].tolist() == [f"class_01/added/{addition.relative.name}"]
+    assert row["class"].tolist() == ["class_01"]
     assert extracted["images"] == 19 and extracted["embedded"] == 1 and extracted["reused"] == 18

@@ -108,8 +108,10 @@ def add_images(searcher: Searcher, additions: Additions, label: str, uploads: li
         # New content, first copy in this request: written, then added to the searcher.
         fresh = [position for position, digest in enumerate(digests)
                  if rows[position] is None and digests.index(digest) == position]
-        paths = [(additions.folder / write_addition(additions.folder, label, uploads[position][1])[0].relative)
-                 .resolve() for position in fresh]
+        paths = []
+        for position in fresh:
+            addition, _ = write_addition(additions.folder, label, uploads[position][1])
+            paths.append((additions.folder / addition.relative).resolve())
         if fresh:
             ids = searcher.add_vectors(vectors[fresh], paths, [label] * len(fresh),
                                        [digests[position] for position in fresh])
@@ -122,20 +124,28 @@ def add_images(searcher: Searcher, additions: Additions, label: str, uploads: li
 
 
 def add_pending(searcher: Searcher, additions: Additions) -> int:
-    """Make the images in the additions folder that the collection does not hold yet searchable (added before a
-    restart, not yet catalogued by `dvc repro`); return how many. Unreadable files are logged and left alone."""
-    pending = 0
+    """Make the images in the additions folder that the collection does not hold yet searchable, where they are
+    (added before a restart, or copied there by hand, and not yet catalogued by `dvc repro`); return how many.
+    Files that do not decode are logged and left alone."""
+    images, paths, labels, digests = [], [], [], []
     for relative in list_additions(additions.folder):
-        data = (additions.folder / relative).read_bytes()
-        if searcher.find(hashlib.sha256(data).hexdigest()) is not None:
+        path = (additions.folder / relative).resolve()
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if searcher.find(digest) is not None or digest in digests:
             continue
         try:
-            add_images(searcher, additions, relative.parts[0], [(relative.as_posix(), data)])
-        except SearchError as error:
-            log.warning("not searching %s: %s", additions.folder / relative, error.detail)
+            images.append(open_image(data, name=str(path)))
+        except ImageReadError as error:
+            log.warning("not searching %s: %s", path, error)
             continue
-        pending += 1
-    return pending
+        paths.append(path)
+        labels.append(relative.parts[0])
+        digests.append(digest)
+    if images:
+        with additions.lock:
+            searcher.add_vectors(searcher.embed(images), paths, labels, digests)
+    return len(images)
 
 
 def create_app(searcher: Searcher, limits: ServeLimits | None = None, additions: Additions | None = None,

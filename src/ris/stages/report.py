@@ -1,5 +1,5 @@
-"""DVC stage `report`: gather the grid's cells into one results table, and its backbones into the backbone table
-(CSV and Markdown each)."""
+"""DVC stage `report`: gather the grid's cells into one results table (``results.csv``, ``grid.md``) and a
+recall-QPS figure, and its backbones into the backbone table (CSV and Markdown each)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from ris.stages._common import Done, load_stage_config, log, parse_stage_args, s
 
 
 def run(cfg: Config) -> pd.DataFrame:
-    """Write ``results.csv``, ``results.md`` and the ``recall-qps.png`` figure for every ``grid.backbones`` x ``grid.dims`` x ``grid.indexes``
-    cell, in grid order, ``backbones.csv`` / ``backbones.md`` for every backbone of the grid, and ``summary.json``:
-    the served cell's headline metrics (``search.dim`` and ``search.index`` of the primary backbone, or the grid's
-    first cell when that one is not in the grid), at fixed keys so that any two experiments compare.
+    """Write ``results.csv``, ``grid.md`` and the ``recall-qps.png`` figure for every ``grid.backbones`` x
+    ``grid.dims`` x ``grid.indexes`` cell, in grid order, ``backbones.csv`` / ``backbones.md`` for every backbone
+    of the grid, and ``summary.json``: the served cell's headline metrics (``search.dim`` and ``search.index`` of
+    the primary backbone, or the grid's first cell when that one is not in the grid), at fixed keys so that any two
+    experiments compare.
 
     Metric files of cells that left the grid (another dimension, index or backbone) are deleted, so ``reports/``
     and `dvc metrics show` hold the current grid only; MLflow keeps every run ever made.
@@ -35,7 +36,7 @@ def run(cfg: Config) -> pd.DataFrame:
         if stale.parent != paths.reports_dir / "metrics" and not any(stale.parent.iterdir()):
             stale.parent.rmdir()  # a backbone with no cell left
     write_text_atomic(paths.reports_dir / "results.csv", table.to_csv(index=False))
-    write_text_atomic(paths.reports_dir / "results.md", to_markdown(table, cfg.eval))
+    write_text_atomic(paths.reports_dir / "grid.md", to_markdown(table, cfg.eval))
     recall_qps_figure(table, paths.reports_dir / "recall-qps.png")
     reports = [BackboneReports.read(each.extract_report, each.pca_sweep_table, each.pca_choice)
                for each in backbone_paths]
@@ -53,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         table, paths = run(cfg), PipelinePaths(cfg)
         reports = paths.reports_dir
         return Done([reports / "metrics", reports / "extract", reports / "pca"],
-                    [reports / name for name in ("results.csv", "results.md", "recall-qps.png",
-                                                 "backbones.csv", "backbones.md", "summary.json")], f"{len(table):,} result rows")
+                    [reports / name for name in ("results.csv", "grid.md", "recall-qps.png", "backbones.csv",
+                                                 "backbones.md", "summary.json")], f"{len(table):,} result rows")
 
     stage_main("report", body)
 
