@@ -265,3 +265,16 @@ def test_bytecode_caches_inside_source_deps_are_ignored_by_dvc() -> None:
     kept = subprocess.run([str(dvc), "check-ignore", "src/ris/embed/store.py"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert kept.returncode == 1 and not kept.stdout.strip()  # the source itself still counts
+
+
+def test_lock_files_beside_outputs_are_ignored_by_dvc() -> None:
+    """ris.locks writes ``.<name>.lock`` beside an output the first time it is used. Some stages depend on the folder
+    that holds such locks (`visualise` on ``artifacts/reduced/<backbone>``, `report` on ``reports/pca``); a fresh
+    checkout has none yet, so DVC must not count them, or it re-runs those stages after every `dvc checkout`."""
+    import subprocess
+    import sys
+
+    dvc = Path(sys.executable).parent / "dvc"
+    paths = ["artifacts/reduced/mobilenetv2_100/.auto.lock", "reports/pca/mobilenetv2_100/.plots.lock"]
+    result = subprocess.run([str(dvc), "check-ignore", *paths], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == paths, result.stdout + result.stderr

@@ -115,17 +115,15 @@ def test_results_md_sets_the_books_figures_beside_this_runs_measurements():
     backbones = pd.DataFrame([{"backbone": "m", "images_per_second": 81.2, "device": "2 x cpu"}])
     finetune = pd.DataFrame([{"training": "heldout", "protocol": protocol, "model": "finetuned",
                               "precision_at_4": value} for protocol, value in (("book", 0.97), ("heldout", 0.925))])
-    text = beside_the_book(results, backbones, finetune, primary="m", chosen_dim="100", date="2026-12-02",
-                           where="a CPU, 2 cores")
-    assert "Written 2026-12-02 on a CPU, 2 cores" in text and BOOK_PRETRAINED in text and BOOK_FINETUNED in text
+    text = beside_the_book(results, backbones, finetune, primary="m", chosen_dim="100")
+    assert BOOK_PRETRAINED in text and BOOK_FINETUNED in text
     assert "86.00 % mP@4, MAP@R 56.00 %: m, 100 (100-d), exact search; held-out 85.00 %" in text
     assert "fastest p50 18 µs (hnsw, 100, recall@10 98.00 %); exact scan 120 µs" in text
     assert "97.00 % mP@4 (book protocol, leaky" in text and "never saw 92.50 %" in text
     assert "81.2 images/s end to end, m on 2 x cpu" in text
     # Without an exact-search cell there is no accuracy row to claim; other eval.k values name their own metric.
     approximate = results[results["family"] != "brute"]
-    assert "pretrained accuracy" not in beside_the_book(approximate, backbones, None, primary="m", chosen_dim="100",
-                                                        date="d", where="w")
+    assert "pretrained accuracy" not in beside_the_book(approximate, backbones, None, primary="m", chosen_dim="100")
 
 
 def test_the_results_page_answers_the_books_questions_in_its_order_with_protocols():

@@ -193,14 +193,14 @@ def test_bench_serve_loads_a_real_server_process_and_reports_latency_memory_and_
 
     monkeypatch.chdir(pipeline)
     result = run_serve_benchmark(Path("params.yaml"), clients=3, requests_per_client=4, warmup=2, k=5,
-                                 port=free_port(), max_seconds=120, serve_args=["--workers", "2"])
+                                 port=free_port(), max_seconds=120, serve_args=["--processes", "2"])
     assert result["one_client"]["requests"] == 4 and result["concurrent"]["requests"] == 12
     assert result["one_client"]["errors"] == result["concurrent"]["errors"] == 0
     latency = result["concurrent"]["latency_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
     assert result["memory_mib"]["after_warmup"] > 0 and result["images"] == 18
     assert set(result["targets"]) == {"one_client_p50_ms", "concurrency_speedup", "no_errors"}
-    assert result["targets"]["no_errors"]["holds"] and result["serve_args"] == ["--workers", "2"]
+    assert result["targets"]["no_errors"]["holds"] and result["serve_args"] == ["--processes", "2"]
 
 
 def _photo(seed: int, size: int = 80) -> bytes:
@@ -237,7 +237,8 @@ def test_an_added_image_is_searchable_at_once_served_by_its_new_id_and_written_t
     digest = hashlib.sha256(photo).hexdigest()
     assert added["sha256"] == digest
     assert (folder / "kites" / f"{digest[:16]}.jpg").read_bytes() == photo  # the bytes as uploaded
-    assert [path.name for path in folder.rglob("*")] == ["kites", f"{digest[:16]}.jpg"]  # no temporary left
+    assert sorted(path.name for path in folder.rglob("*")) == [".order", f"{digest[:16]}.jpg", "kites"]  # no temp
+    assert (folder / ".order").read_text() == f"kites/{digest[:16]}.jpg\t{digest}\n"  # what numbers the rows
     found = client.post("/search", files={"image": ("q.jpg", photo, "image/jpeg")}, data={"k": "5"}).json()
     assert found["results"][0]["id"] == 18 and found["results"][0]["distance"] < 1e-3
     distances = [hit["distance"] for hit in found["results"]]
@@ -346,3 +347,47 @@ def test_an_added_image_joins_the_collection_at_the_next_download_and_only_it_is
     assert row["path"].tolist() == [f"class_01/added/{addition.relative.name}"]
     assert row["class"].tolist() == ["class_01"]
     assert extracted["images"] == 19 and extracted["embedded"] == 1 and extracted["reused"] == 18
+
+
+def test_services_sharing_an_additions_folder_see_each_others_additions_under_the_same_ids(
+        pipeline: Path, tmp_path: Path) -> None:
+    """What `ris serve --processes 2` runs: each process has its own searcher; the additions' order file numbers
+    their rows, so an id means the same image whichever process answers."""
+    folder = tmp_path / "additions"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline)
+        apps = [create_app(Searcher.from_pipeline(read_params("params.yaml"), "full", "brute"),
+                           additions=Additions(folder)) for _ in range(2)]
+    first, second = _photo(10), _photo(11)
+    with serving(apps[0]) as one, serving(apps[1]) as other, httpx.Client(timeout=30) as client:
+        added = client.post(f"{one}/images", files=[("images", ("a.jpg", first, "image/jpeg"))], data={"class": "x"})
+        assert added.json()["images"][0]["id"] == 18
+        added = client.post(f"{other}/images", files=[("images", ("b.jpg", second, "image/jpeg"))],
+                            data={"class": "y"})
+        assert added.json()["images"][0]["id"] == 19  # the other process's addition came first
+        for url in (one, other):
+            assert client.get(f"{url}/healthz").json()["images"] == 20
+            assert client.get(f"{url}/images/18").content == first and client.get(f"{url}/images/19").content == second
+            found = client.post(f"{url}/search", files={"image": ("q.jpg", second, "image/jpeg")},
+                                data={"k": "1", "class": "y"}).json()
+            assert [hit["id"] for hit in found["results"]] == [19]
+
+
+def test_a_compiled_embedder_gives_the_eager_embeddings_and_never_compiles_again(pipeline: Path) -> None:
+    """`ris serve` compiles the model at start (torch.compile, frozen weights); searches then run it one image at
+    a time, the shape it was compiled for, and get what the eager model gives."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline)
+        searcher = Searcher.from_pipeline(read_params("params.yaml"), "full", "brute")
+    images = [Image.open(_collection_image(pipeline, label, 0)).convert("RGB") for label in ("class_00", "class_02")]
+    eager = searcher.embedder.embed(images)
+    refused = searcher.embedder.compile()
+    if refused is not None and "failed" in refused:
+        pytest.skip(f"torch.compile cannot run here: {refused}")
+    assert refused is None and searcher.embedder.one_at_a_time
+    import torch._dynamo
+
+    compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = searcher.embedder.embed(images)
+    assert np.allclose(compiled, eager, atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiles  # no second compile for a search

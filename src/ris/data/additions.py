@@ -115,6 +115,43 @@ def write_addition(folder: Path, label: str, data: bytes) -> tuple[Addition, boo
     return addition, True
 
 
+ORDER_FILE = ".order"
+"""The additions in the order they were made, one ``<class>/<file>\t<sha256>`` line each, appended under the folder's
+lock. Every serving process numbers its added rows by it, so an id means the same image in all of them."""
+
+
+def read_order(folder: Path) -> list[Addition]:
+    """The additions in the order they were made (none when the folder or its order file does not exist)."""
+    try:
+        lines = (folder / ORDER_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        relative, _, digest = line.partition("\t")
+        if relative and digest:  # a line cut short by a crash is not an addition
+            entries.append(Addition(Path(relative).parts[0], Path(relative), digest))
+    return entries
+
+
+def append_order(folder: Path, additions: list[Addition]) -> None:
+    """Record ``additions`` (already written) at the end of the order file, one whole line each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ORDER_FILE, "a") as file:
+        file.write("".join(f"{addition.relative.as_posix()}\t{addition.sha256}\n" for addition in additions))
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def order_version(folder: Path) -> int:
+    """A number that grows with every recorded addition (the order file's size): one ``stat`` to see whether
+    another process added images since."""
+    try:
+        return os.stat(folder / ORDER_FILE).st_size
+    except FileNotFoundError:
+        return 0
+
+
 def list_additions(folder: Path) -> list[Path]:
     """The image files of an additions ``folder``, relative to it, sorted: ``<class>/<file>`` only.
 

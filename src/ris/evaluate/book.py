@@ -37,7 +37,7 @@ def _pct(value: float) -> str:
 
 
 def beside_the_book(results: pd.DataFrame, backbones: pd.DataFrame, finetune: pd.DataFrame | None, *,
-                    primary: str, chosen_dim: str, date: str, where: str, k: int = 4, recall_k: int = 10) -> str:
+                    primary: str, chosen_dim: str, k: int = 4, recall_k: int = 10) -> str:
     """A Markdown table: each of the book's headline figures, and what this run measured for the same question.
 
     Accuracy is exact search's (the ``brute`` family), so an approximate index's loss is not counted against the
@@ -82,9 +82,9 @@ def beside_the_book(results: pd.DataFrame, backbones: pd.DataFrame, finetune: pd
                      f"{speed.iloc[0]['images_per_second']:,.1f} images/s end to end, {primary} on "
                      f"{speed.iloc[0]['device']}", "read, decode, embed, write"))
     table = pd.DataFrame(rows, columns=["", "the book (quoted)", "this run (measured)", "protocol"])
-    return (f"### Beside the book\n\nWritten {date} on {where} from the pipeline's reports: latencies and images/s "
-            f"are what the evaluate and extract stages measured on the machine that ran them (their reports say "
-            f"which); the book's figures are quoted from its chapter 4.\n\n{table.to_markdown(index=False)}\n")
+    return ("### Beside the book\n\nThe book's figures are quoted from its chapter 4; this run's are read from the "
+            "pipeline's reports (latencies and images/s as the evaluate and extract stages measured them)."
+            f"\n\n{table.to_markdown(index=False)}\n")
 
 
 BOOK_ALGORITHMS = ("brute", "kd_tree", "ball_tree", "annoy")

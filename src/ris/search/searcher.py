@@ -60,11 +60,44 @@ class ImageEmbedder:
                                       preprocessing["std"]).eval()
         self.transform = eval_transform(preprocessing)
 
+        self.input_size = tuple(preprocessing["input_size"])
+        self.one_at_a_time = False  # set by compile(): one image per forward, the shape it was compiled for
+
     @torch.inference_mode()
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """One embedding row per image (RGB, any size)."""
+        if self.one_at_a_time:
+            return torch.cat([self.module(self.transform(image)[None]) for image in images]).float().numpy()
         batch = torch.stack([self.transform(image) for image in images])
         return self.module(batch).float().numpy()
+
+    def compile(self) -> str | None:
+        """Compile the model for this machine: ``torch.compile`` (Inductor) with frozen weights, so BatchNorm folds
+        into the convolutions and no Python runs per layer. Returns None when it did, else why not.
+
+        Measured on the 2-core development machine (MobileNetV2, one image, one thread): 114 images/s against 48
+        eager, after about 14 s of compiling. The first forward compiles, so it runs here, on a random image, and
+        must match the eager model's output; images are then embedded one at a time, so no other batch shape ever
+        compiles again. Any failure (no C++ compiler, an operation Inductor cannot compile) keeps the eager model.
+        """
+        import torch._inductor.config as inductor_config
+
+        # A process-wide setting: passed as a torch.compile option instead, it gave 63 images/s, not 114.
+        inductor_config.freezing = True
+        generator = torch.Generator().manual_seed(0)
+        try:
+            compiled = torch.compile(self.module, dynamic=False)
+            # An inference tensor, as embed() makes them: a plain one would compile for the wrong guards, and the
+            # first search would compile again.
+            with torch.inference_mode():
+                sample = torch.randint(0, 256, (1, *self.input_size), generator=generator, dtype=torch.uint8)
+                expected, got = self.module(sample), compiled(sample)
+        except Exception as error:  # noqa: BLE001 (torch.compile fails in many ways; eager always works)
+            return f"torch.compile failed ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+        if not torch.allclose(got.float(), expected.float(), atol=1e-4):
+            return f"the compiled model's output differs from the eager model's by {(got - expected).abs().max():.2e}"
+        self.module, self.one_at_a_time = compiled, True
+        return None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -30,8 +32,10 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from PIL import Image, UnidentifiedImageError
 
-from ris.data.additions import AdditionError, check_class_name, list_additions, suffix_for, write_addition
+from ris.data.additions import (Addition, AdditionError, append_order, check_class_name, list_additions,
+                                order_version, read_order, suffix_for, write_addition)
 from ris.images import ImageReadError, open_image
+from ris.locks import locked
 from ris.search.searcher import Hit, Searcher
 from ris.serve.metrics import RequestMetrics
 
@@ -49,13 +53,23 @@ class ServeLimits:
     workers: int = 2  # searches computed side by side (one per core is the measured best on a small CPU)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Additions:
-    """Where `POST /images` writes the images it adds (``data.additions``), and the classes it refuses."""
+    """Where `POST /images` writes the images it adds (``data.additions``), the classes it refuses, and how far this
+    process has read the additions' order file (which every serving process appends to and numbers its rows by)."""
 
     folder: Path
     excluded_classes: tuple[str, ...] = ()
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    consumed: int = 0  # order entries this process has read
+    version: int = -1  # the order file's version when it last read it (-1: never)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the additions for changes: this process's threads (a threading lock) and other processes (the
+        folder's file lock; ris.locks counts holds per process, so the threading lock must come first)."""
+        with self.lock, locked(self.folder, exclusive=True):
+            yield
 
 
 class SearchError(HTTPException):
@@ -101,51 +115,80 @@ def add_images(searcher: Searcher, additions: Additions, label: str, uploads: li
             raise SearchError(upload_status(error), str(error)) from None
         except AdditionError as error:
             raise SearchError(415, f"{name}: {error}") from None
-    vectors = searcher.embed(images)  # the slow part, outside the lock: searches and other additions go on
+    vectors = searcher.embed(images)  # the slow part, outside the locks: searches and other additions go on
     digests = [hashlib.sha256(data).hexdigest() for _, data in uploads]
-    with additions.lock:  # one writer at a time: the check for an existing copy and the addition are one step
+    with additions.writing():  # the check for an existing copy and the addition are one step, in every process
+        catch_up(searcher, additions)  # first the additions other processes made: ids follow the order file
         rows = [searcher.find(digest) for digest in digests]
-        # New content, first copy in this request: written, then added to the searcher.
+        # New content, first copy in this request: written, recorded in the order file, then added to the searcher.
         fresh = [position for position, digest in enumerate(digests)
                  if rows[position] is None and digests.index(digest) == position]
-        paths = []
-        for position in fresh:
-            addition, _ = write_addition(additions.folder, label, uploads[position][1])
-            paths.append((additions.folder / addition.relative).resolve())
-        if fresh:
+        written = [write_addition(additions.folder, label, uploads[position][1])[0] for position in fresh]
+        if written:
+            append_order(additions.folder, written)
+            paths = [(additions.folder / item.relative).resolve() for item in written]
             ids = searcher.add_vectors(vectors[fresh], paths, [label] * len(fresh),
                                        [digests[position] for position in fresh])
             for position, row in zip(fresh, ids, strict=True):
                 rows[position] = row
+            additions.consumed += len(written)
+            additions.version = order_version(additions.folder)
     rows = [rows[digests.index(digest)] if row is None else row for row, digest in zip(rows, digests, strict=True)]
     return [{"name": name, "id": row, "class": searcher.label(row), "new": position in fresh, "sha256": digest,
              "image_url": f"/images/{row}", "thumbnail_url": f"/images/{row}/thumbnail"}
             for position, ((name, _), row, digest) in enumerate(zip(uploads, rows, digests, strict=True))]
 
 
-def add_pending(searcher: Searcher, additions: Additions) -> int:
-    """Make the images in the additions folder that the collection does not hold yet searchable, where they are
-    (added before a restart, or copied there by hand, and not yet catalogued by `dvc repro`); return how many.
-    Files that do not decode are logged and left alone."""
+def catch_up(searcher: Searcher, additions: Additions) -> int:
+    """Make the additions recorded since this process last looked searchable, in their recorded order (so each gets
+    the same id in every process); return how many. Call it holding ``additions.writing()``.
+
+    An entry the searcher already holds (catalogued by `dvc repro` since, or the same content twice) adds nothing;
+    one that does not decode is logged and skipped, the same way in every process.
+    """
+    entries = read_order(additions.folder)
     images, paths, labels, digests = [], [], [], []
-    for relative in list_additions(additions.folder):
-        path = (additions.folder / relative).resolve()
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if searcher.find(digest) is not None or digest in digests:
+    for entry in entries[additions.consumed:]:
+        if searcher.find(entry.sha256) is not None or entry.sha256 in digests:
             continue
+        path = (additions.folder / entry.relative).resolve()
         try:
-            images.append(open_image(data, name=str(path)))
+            images.append(open_image(path))
         except ImageReadError as error:
             log.warning("not searching %s: %s", path, error)
             continue
         paths.append(path)
-        labels.append(relative.parts[0])
-        digests.append(digest)
+        labels.append(entry.label)
+        digests.append(entry.sha256)
     if images:
-        with additions.lock:
-            searcher.add_vectors(searcher.embed(images), paths, labels, digests)
+        searcher.add_vectors(searcher.embed(images), paths, labels, digests)
+    additions.consumed, additions.version = len(entries), order_version(additions.folder)
     return len(images)
+
+
+def refresh(searcher: Searcher, additions: Additions | None) -> None:
+    """Catch up when another process has added images since this one last looked (one ``stat`` otherwise)."""
+    if additions is not None and order_version(additions.folder) != additions.version:
+        with additions.writing():
+            catch_up(searcher, additions)
+
+
+def add_pending(searcher: Searcher, additions: Additions) -> int:
+    """At start: make searchable every addition the collection does not hold yet, where it is: those recorded in
+    the order file (added before a restart, not yet catalogued by `dvc repro`), and image files copied into the
+    folder by hand, which are recorded first. Returns how many."""
+    with additions.writing():
+        recorded = {entry.relative for entry in read_order(additions.folder)}
+        unrecorded = []
+        for relative in list_additions(additions.folder):
+            if relative in recorded:
+                continue
+            digest = hashlib.sha256((additions.folder / relative).read_bytes()).hexdigest()
+            if searcher.find(digest) is None:
+                unrecorded.append(Addition(relative.parts[0], relative, digest))
+        if unrecorded:
+            append_order(additions.folder, unrecorded)
+        return catch_up(searcher, additions)
 
 
 def create_app(searcher: Searcher, limits: ServeLimits | None = None, additions: Additions | None = None,
@@ -180,6 +223,10 @@ def create_app(searcher: Searcher, limits: ServeLimits | None = None, additions:
         return response
 
     def run_search(data: bytes, filename: str, k: int, label: str | None) -> dict[str, Any]:
+        refresh(searcher, additions)
+        if label is not None and label not in classes and label not in searcher.added.labels:
+            raise SearchError(400, f"unknown class {label!r}: the collection has {len(classes)} classes "
+                                   f"(for example {', '.join(sorted(classes)[:5])})")
         started = time.perf_counter()
         try:
             image = open_image(data, name=filename)
@@ -221,9 +268,6 @@ def create_app(searcher: Searcher, limits: ServeLimits | None = None, additions:
             raise SearchError(413, f"upload larger than the limit of {limits.max_upload_bytes:,} bytes")
         if not data:
             raise SearchError(400, "empty upload: the 'image' field holds no bytes")
-        if label is not None and label not in classes and label not in searcher.added.labels:
-            raise SearchError(400, f"unknown class {label!r}: the collection has {len(classes)} classes "
-                                   f"(for example {', '.join(sorted(classes)[:5])})")
         return await anyio.to_thread.run_sync(run_search, data, image.filename or "upload", k, label,
                                               limiter=limiter)
 
@@ -251,6 +295,7 @@ def create_app(searcher: Searcher, limits: ServeLimits | None = None, additions:
                             status_code=201 if new else 200)
 
     def checked_row(image_id: int) -> int:
+        refresh(searcher, additions)
         if not 0 <= image_id < searcher.size:
             raise SearchError(404, f"no image {image_id}: ids run from 0 to {searcher.size - 1}")
         return image_id
@@ -281,6 +326,7 @@ def create_app(searcher: Searcher, limits: ServeLimits | None = None, additions:
 
     @app.get("/healthz", summary="Whether the service is up, and what it serves")
     def healthz() -> dict[str, Any]:
+        refresh(searcher, additions)
         return {"status": "ok", "images": searcher.size, "added": len(searcher.added.labels),
                 "cell": searcher.description}
 

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         today, where = date.today().isoformat(), machine()
         beside = beside_the_book(results, backbones, pd.read_csv(finetune_table), primary=cfg.backbone.name,
                                  chosen_dim=str(chosen.iloc[0]) if len(chosen) else "not measured",
-                                 date=today, where=where, k=cfg.eval.k, recall_k=cfg.eval.ann_recall_k)
+                                 k=cfg.eval.k, recall_k=cfg.eval.ann_recall_k)
         text = results_page(beside=beside, backbones_md=(reports / "backbones.md").read_text(),
                             sweep=pd.read_csv(paths.pca_sweep_table), choice=json.loads(paths.pca_choice.read_text()),
                             results=results, finetune_md=finetune_page.read_text(), primary=cfg.backbone.name,
