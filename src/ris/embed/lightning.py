@@ -207,7 +207,9 @@ def predict_matrix(module: pl.LightningModule, data: ImageDataModule, into: Path
     headed ``what``.
     """
     rows = len(data.dataset)
-    devices = resolve_devices(devices, accelerator)
+    # Never more ranks than images: a rank with none fails Lightning's sampler (one image added to a collection,
+    # with a process per core).
+    devices = min(resolve_devices(devices, accelerator), max(rows, 1))
     threads, omp_threads = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     with tempfile.TemporaryDirectory(prefix="ris-shards-", dir=into.parent) as scratch:
         writer = ShardWriter(Path(scratch), rows, dtype)
