@@ -4,6 +4,7 @@ model, channels-last, several processes writing shards merged in dataset order, 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from test_embed import tiny_backbone
 from ris.config import ConfigError
 from ris.data.catalog import scan_images
 from ris.embed.extract import embed_images, extractor_key, plan_extraction
+from ris.embed.store import load_features
 from ris.embed.lightning import SHARD_FILE, SHARD_ROWS_FILE, EmbeddingModule, merge_shards
 from ris.embed.preprocess import eval_transform
 from ris.embed.pooling import set_global_pool
@@ -165,3 +167,79 @@ def test_bench_backbones_counts_what_published_figures_say_and_measures_speed(tm
     assert [row["backbone"] for row in written["backbones"]] == ["mobilenetv2_100"]
     assert written["backbones"][0]["parameters"] == 2_223_872  # timm's mobilenetv2_100 without its classifier
     assert main(["resnet5"]) == 2
+
+
+RANK_SCRIPT = """
+import sys
+from pathlib import Path
+
+from ris.config import BackboneConfig
+from ris.data.catalog import scan_images
+from ris.embed.extract import extract_features
+
+tree, out = Path(sys.argv[1]), Path(sys.argv[2])
+table, _ = scan_images(tree, progress=False)
+backbone = BackboneConfig(name="test_efficientnet", pretrained=False, batch_size=4, num_workers=0, devices=1)
+features = extract_features(table, tree, backbone, out, cache_root=out.parent / "cache", progress=False)
+print("DEVICE", features.run["device"])
+"""
+
+
+def test_two_machines_under_torchrun_embed_the_collection_as_one_process_does(tmp_path: Path):
+    """Two torchrun "machines" of one rank each (the same loopback here, the same shared folder as a cluster's
+    shared storage): each embeds its share, rank 0 merges and writes the store; the other exits when done."""
+    import subprocess
+    import sys
+
+    from conftest import free_port, make_image_tree
+
+    from ris.config import BackboneConfig
+    from ris.embed.extract import extract_features
+
+    tree = make_image_tree(tmp_path / "images", classes=3, per_class=5)  # 15 images: the ranks get 8 and 7
+    script = tmp_path / "extract_rank.py"
+    script.write_text(RANK_SCRIPT)
+    port = free_port()
+    shared = tmp_path / "shared" / "features"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SLURM_", "TORCHELASTIC_"))}
+    launches = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                                  "--nproc-per-node", "1", "--node-rank", str(node), "--master-addr", "127.0.0.1",
+                                  "--master-port", str(port), str(script), str(tree), str(shared)],
+                                 env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for node in (0, 1)]
+    outputs = [launch.communicate(timeout=300)[0] for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], "\n".join(outputs)
+    assert "DEVICE 2 machine(s) x 1 x cpu" in outputs[0]
+    assert "DEVICE" not in outputs[1]  # rank 1 exited once its shard was on disk
+    assert not [path for path in shared.parent.iterdir() if path.name.startswith(".ris-")]  # no scratch left
+    assert (shared.parent / "cache" / "test_efficientnet").is_dir()  # rank 0 filled the embedding cache
+
+    table, _ = scan_images(tree, progress=False)
+    alone = extract_features(table, tree, BackboneConfig(name="test_efficientnet", pretrained=False, batch_size=4,
+                                                         num_workers=0, devices=1), tmp_path / "alone",
+                             progress=False)
+    merged = load_features(shared)
+    assert merged.key == alone.key
+    assert merged.rows["path"].tolist() == alone.rows["path"].tolist()
+    np.testing.assert_allclose(merged.embeddings, alone.embeddings, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(alone.embeddings[0], alone.embeddings[1])
+
+
+def test_a_cluster_launch_is_read_from_torchrun_or_srun_and_a_lone_process_is_none(monkeypatch: pytest.MonkeyPatch):
+    from ris.embed.lightning import ClusterLaunch, cluster_launch
+
+    for name in [name for name in os.environ if name.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(name)
+    assert cluster_launch() is None
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_NAME", "extract")
+    assert cluster_launch() == ClusterLaunch(rank=3, world_size=8, per_node=4, run_id="4242.0")
+    assert cluster_launch().num_nodes == 2
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: ris starts its own ranks as on any machine
+    assert cluster_launch() is None
+    for name, value in {"TORCHELASTIC_RUN_ID": "job7", "RANK": "5", "WORLD_SIZE": "6", "LOCAL_WORLD_SIZE": "3"}.items():
+        monkeypatch.setenv(name, value)
+    assert cluster_launch() == ClusterLaunch(rank=5, world_size=6, per_node=3, run_id="job7")

@@ -19,7 +19,7 @@ import torch
 from ris.artifacts import write_description
 from ris.config import BackboneConfig
 from ris.embed.cache import EmbeddingCache, copy_rows
-from ris.embed.lightning import EmbeddingModule, ImageDataModule, predict_matrix, resolve_devices
+from ris.embed.lightning import EmbeddingModule, ImageDataModule, predict_matrix, resolve_devices, scratch_folder
 from ris.embed.preprocess import PREPROCESSING_VERSION, eval_transform
 from ris.embed.pooling import pooled_backbone
 from ris.embed.store import (
@@ -146,7 +146,10 @@ def run_extraction(plan: ExtractionPlan, images_dir: Path, out_dir: Path, *, cac
              len(first_of_hash))
     started = time.perf_counter()
     device = "cpu"
-    with tempfile.TemporaryDirectory(prefix="ris-embed-") as scratch:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Under torchrun or srun every rank embeds its share into this folder, so it sits beside the store (storage all
+    # machines see), named alike on every rank; alone, it is a private temporary folder.
+    with scratch_folder("ris-embed-", beside=out_dir.parent) as scratch:
         unique = None
         if first_of_hash:
             with locked(images_dir.parent, exclusive=False):  # the collection's lock: its images stay while read

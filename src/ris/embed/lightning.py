@@ -7,7 +7,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from torch.utils.data import DataLoader, Dataset
 
 from ris.embed.cache import copy_rows
@@ -187,8 +190,64 @@ def merge_shards(folder: Path, rows: int, into: Path) -> np.memmap:
     return np.load(into, mmap_mode="r")
 
 
+@dataclass(frozen=True)
+class ClusterLaunch:
+    """Ranks started by torchrun or SLURM's ``srun``, every one running the stage itself (on one machine or many):
+    how many there are, which one this process is, how many run on each machine, and the launch's id (the same on
+    every rank)."""
+
+    rank: int
+    world_size: int
+    per_node: int
+    run_id: str
+
+    @property
+    def num_nodes(self) -> int:
+        return max(1, self.world_size // self.per_node)
+
+
+def cluster_launch() -> ClusterLaunch | None:
+    """The launch this process is one rank of, when torchrun or ``srun`` started several; None when ris starts its
+    own ranks (or runs alone)."""
+    if TorchElasticEnvironment.detect():
+        launch = ClusterLaunch(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                               int(os.environ["LOCAL_WORLD_SIZE"]), os.environ.get("TORCHELASTIC_RUN_ID", "torchrun"))
+    elif SLURMEnvironment.detect():
+        tasks, nodes = int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_NNODES", "1"))
+        launch = ClusterLaunch(int(os.environ["SLURM_PROCID"]), tasks, max(1, tasks // nodes),
+                               f"{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}")
+    else:
+        return None
+    return launch if launch.world_size > 1 else None
+
+
+@contextmanager
+def scratch_folder(prefix: str, beside: Path | None = None) -> Iterator[Path]:
+    """A scratch folder, removed at the end. Alone: a private temporary folder (beside ``beside``, or in the
+    system's). Under a cluster launch: the one folder every rank shares, named by the launch's id beside ``beside``
+    (which must be on storage all machines see), made by each rank and removed by rank 0, the one that merges."""
+    launch = cluster_launch()
+    if launch is None:
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=beside) as folder:
+            yield Path(folder)
+        return
+    if beside is None:
+        raise ValueError("under torchrun or srun, ranks share a scratch folder beside their output: give one")
+    folder = beside / f".{prefix}{launch.run_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    finally:
+        if launch.rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def resolve_devices(devices: int | str, accelerator: str) -> int:
-    """How many processes extraction runs: ``devices``, or for ``auto`` every GPU, or one per CPU core."""
+    """How many processes extraction runs: ``devices``, or for ``auto`` every GPU, or one per CPU core; under a
+    cluster launch, the launcher's processes on this machine."""
+    launch = cluster_launch()
+    if launch is not None:
+        return launch.per_node
     if devices != "auto":
         return int(devices)
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
@@ -205,17 +264,25 @@ def predict_matrix(module: pl.LightningModule, data: ImageDataModule, into: Path
     gives each of N processes on a CPU cores/N threads: the caller's thread settings are restored afterwards.
     With ``progress``, a terminal shows Lightning's bar and a log file gets a line with rate and ETA every 30 s,
     headed ``what``.
+
+    Under torchrun or ``srun`` (:func:`cluster_launch`) the launcher's ranks are the processes, on every machine of
+    the launch: each writes its shard into the folder they share beside ``into``, and after all have finished,
+    rank 0 merges them and goes on; every other rank's work is done, and it exits (status 0) here.
     """
     rows = len(data.dataset)
+    launch = cluster_launch()
     # Never more ranks than images: a rank with none fails Lightning's sampler (one image added to a collection,
-    # with a process per core).
-    devices = min(resolve_devices(devices, accelerator), max(rows, 1))
+    # with a process per core). A launcher's ranks are what they are.
+    devices = resolve_devices(devices, accelerator) if launch else min(resolve_devices(devices, accelerator),
+                                                                        max(rows, 1))
+    distributed = launch is not None or devices > 1
     threads, omp_threads = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    with tempfile.TemporaryDirectory(prefix="ris-shards-", dir=into.parent) as scratch:
-        writer = ShardWriter(Path(scratch), rows, dtype)
-        trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy if devices > 1 else "auto",
-                             precision=precision, callbacks=[writer, *([LightningProgress(what)] if progress else [])], logger=False,
-                             enable_progress_bar=progress and on_terminal(),
+    with scratch_folder("ris-shards-", beside=into.parent) as scratch:
+        writer = ShardWriter(scratch, rows, dtype)
+        trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=launch.num_nodes if launch else 1,
+                             strategy=("ddp" if launch else strategy) if distributed else "auto",
+                             precision=precision, callbacks=[writer, *([LightningProgress(what)] if progress else [])],
+                             logger=False, enable_progress_bar=progress and on_terminal(),
                              enable_checkpointing=False, enable_model_summary=False)
         try:
             trainer.predict(module, datamodule=data, return_predictions=False)
@@ -225,9 +292,17 @@ def predict_matrix(module: pl.LightningModule, data: ImageDataModule, into: Path
                 os.environ.pop("OMP_NUM_THREADS", None)
             else:
                 os.environ["OMP_NUM_THREADS"] = omp_threads
-        merge_shards(Path(scratch), rows, into)
+        if launch is not None:
+            trainer.strategy.barrier("shards written")  # every rank's shard and row list are on disk
+            if launch.rank != 0:
+                log.info("rank %d of %d: %s shard written; rank 0 merges and writes the result", launch.rank,
+                         launch.world_size, what)
+                raise SystemExit(0)
+        merge_shards(scratch, rows, into)
     on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
     name = torch.cuda.get_device_name() if on_gpu else "cpu"
+    if launch is not None:
+        return f"{launch.num_nodes} machine(s) x {devices} x {name}"
     return name if devices == 1 else f"{devices} x {name}"
 
 
