@@ -131,7 +131,7 @@ def test_bench_extract_measures_forward_decode_and_end_to_end(image_tree: Path, 
     table, _ = scan_images(image_tree, progress=False)
     table.to_parquet(tmp_path / "images.parquet", index=False)
     result = run_extract_benchmark(tiny_backbone(batch_size=4), tmp_path / "images.parquet", image_tree, [],
-                                   limit=None, forward_seconds=0.05, decode_count=5)
+                                   limit=None, forward_seconds=0.05, decode_count=5, compiled=False)
     assert result["model"] == "test_efficientnet" and result["input_size"] == [3, 160, 160]
     assert result["end_to_end"]["images"] == 12 and result["end_to_end"]["images_per_second"] > 0
     assert result["decode_one_core_images_per_second"] > 0
@@ -143,8 +143,21 @@ def test_bench_extract_measures_forward_decode_and_end_to_end(image_tree: Path, 
     assert fastest["images_per_second"] >= max(rates)
     assert result["ratio"] == pytest.approx(result["end_to_end"]["images_per_second"] / fastest["images_per_second"])
     assert result["target"]["holds"] == (result["ratio"] >= 0.85)
+    assert result["ratio_to_eager"] == pytest.approx(result["ratio"])  # nothing compiled: the same denominator
     json.dumps(result)  # what the command writes
     assert plot_extract(result, tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_bench_extract_also_times_the_compiled_model_at_the_larger_batches():
+    from ris.bench.extract import forward_only, forward_settings
+
+    settings = forward_settings(cuda=False, cpus=2)
+    compiled = [item for item in settings if item["compiled"]]
+    assert {(item["batch_size"], item["processes"]) for item in compiled} == {(32, 1), (32, 2), (64, 1), (64, 2)}
+    assert all(item["channels_last"] for item in compiled)
+    assert not any(item["compiled"] for item in forward_settings(cuda=False, cpus=2, compiled=False))
+    assert forward_only(_model("test_efficientnet"), (3, 32, 32), 2, channels_last=True, autocast=False,
+                        seconds=0.05, compiled=True) > 0
 
 
 def test_bench_backbones_counts_what_published_figures_say_and_measures_speed(tmp_path: Path):

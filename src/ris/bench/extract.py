@@ -56,11 +56,17 @@ def device_name() -> str:
 
 
 def forward_only(model: torch.nn.Module, input_size: Sequence[int], batch_size: int, *, channels_last: bool,
-                 autocast: bool, seconds: float, warmup: int = 2) -> float:
-    """Images per second of ``model`` on one random batch fed again and again (no data loading at all)."""
+                 autocast: bool, seconds: float, compiled: bool = False, warmup: int = 2) -> float:
+    """Images per second of ``model`` on one random batch fed again and again (no data loading at all); with
+    ``compiled``, under ``torch.compile`` (Inductor, frozen weights, as ``ris serve`` runs it), compiling first."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     module = EmbeddingModule(model, normalize=True, channels_last=channels_last).to(device).eval()
+    if compiled:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # process-wide (see ris.search.searcher.ImageEmbedder.compile)
+        module = torch.compile(module, dynamic=False)
     batch = torch.randn(batch_size, *input_size, device=device)
     with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
         for _ in range(warmup):
@@ -82,7 +88,7 @@ def _forward_in_child(model: torch.nn.Module, input_size: Sequence[int], setting
     torch.set_num_threads(threads)
     start.wait()  # every process runs at the same time, sharing the machine as extraction's ranks do
     rates.put(forward_only(model, input_size, setting["batch_size"], channels_last=setting["channels_last"],
-                           autocast=setting["bf16_autocast"], seconds=seconds))
+                           autocast=setting["bf16_autocast"], seconds=seconds, compiled=setting["compiled"]))
 
 
 def forward_in_processes(model: torch.nn.Module, input_size: Sequence[int], setting: dict[str, Any],
@@ -92,7 +98,7 @@ def forward_in_processes(model: torch.nn.Module, input_size: Sequence[int], sett
     processes = setting["processes"]
     if processes == 1:
         return forward_only(model, input_size, setting["batch_size"], channels_last=setting["channels_last"],
-                            autocast=setting["bf16_autocast"], seconds=seconds)
+                            autocast=setting["bf16_autocast"], seconds=seconds, compiled=setting["compiled"])
     context = multiprocessing.get_context("fork")
     start, rates = context.Barrier(processes), context.Queue()
     threads = max(1, multiprocessing.cpu_count() // processes)
@@ -106,14 +112,20 @@ def forward_in_processes(model: torch.nn.Module, input_size: Sequence[int], sett
     return total
 
 
-def forward_settings(cuda: bool, cpus: int) -> list[dict[str, Any]]:
+def forward_settings(cuda: bool, cpus: int, compiled: bool = True) -> list[dict[str, Any]]:
     """The configurations tried for forward-only: memory layout x batch size (x bf16 autocast on a GPU; x one
-    process or one per core on a CPU, where two single-threaded processes can beat one with two threads)."""
+    process or one per core on a CPU, where two single-threaded processes can beat one with two threads), eager;
+    then, with ``compiled``, the channels-last ones at the larger batches under ``torch.compile``."""
     batches = (64, 256, 512) if cuda else (8, 16, 32, 64)
     precisions = (False, True) if cuda else (False,)
     processes = (1,) if cuda or cpus == 1 else (1, cpus)
-    return [{"channels_last": layout, "batch_size": batch, "bf16_autocast": autocast, "processes": count}
-            for layout in (False, True) for batch in batches for autocast in precisions for count in processes]
+    eager = [{"channels_last": layout, "batch_size": batch, "bf16_autocast": autocast, "processes": count,
+              "compiled": False}
+             for layout in (False, True) for batch in batches for autocast in precisions for count in processes]
+    if not compiled:
+        return eager
+    return eager + [{**setting, "compiled": True} for setting in eager
+                    if setting["channels_last"] and setting["batch_size"] in batches[-2:]]
 
 
 def decode_only(plan: ExtractionPlan, paths: list[Path], count: int) -> float:
@@ -158,8 +170,10 @@ def target_check(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_extract_benchmark(backbone: BackboneConfig, table_path: Path, images_dir: Path, exclude_classes: list[str],
-                          *, limit: int | None, forward_seconds: float, decode_count: int) -> dict[str, Any]:
-    """Measure forward-only (every setting), decode-only and end to end for ``backbone``; return the report."""
+                          *, limit: int | None, forward_seconds: float, decode_count: int,
+                          compiled: bool = True) -> dict[str, Any]:
+    """Measure forward-only (every setting; with ``compiled``, compiled ones too), decode-only and end to end for
+    ``backbone``; return the report."""
     plan = plan_extraction(read_image_table(table_path), backbone, exclude_classes)
     root = image_root(images_dir)
     rows = plan.rows if limit is None else plan.rows.iloc[:limit]
@@ -167,7 +181,7 @@ def run_extract_benchmark(backbone: BackboneConfig, table_path: Path, images_dir
     cuda = torch.cuda.is_available()
     input_size = plan.data_config["input_size"]
     forward = []
-    for setting in forward_settings(cuda, multiprocessing.cpu_count()):
+    for setting in forward_settings(cuda, multiprocessing.cpu_count(), compiled):
         rate = forward_in_processes(plan.model, input_size, setting, forward_seconds)
         forward.append({**setting, "images_per_second": rate})
         print(f"forward only {setting}: {rate:.1f} images/s", flush=True)
@@ -177,6 +191,7 @@ def run_extract_benchmark(backbone: BackboneConfig, table_path: Path, images_dir
     print(f"decode only, one core: {decode:.1f} images/s", flush=True)
     run = end_to_end(plan, paths)
     print(f"end to end: {run['images_per_second']:.1f} images/s over {run['images']} images", flush=True)
+    fastest_eager = max((item for item in forward if not item["compiled"]), key=lambda item: item["images_per_second"])
     fastest = dict(max(forward, key=lambda item: item["images_per_second"]))
     # Measured again right after: a shared machine's speed drifts, and the ratio's denominator is the best seen.
     again = forward_in_processes(plan.model, input_size, fastest, forward_seconds)
@@ -189,7 +204,10 @@ def run_extract_benchmark(backbone: BackboneConfig, table_path: Path, images_dir
                           "torch": torch.__version__, "python": platform.python_version(),
                           "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE")},
               "forward_only": forward, "fastest_forward": fastest, "decode_one_core_images_per_second": decode,
-              "end_to_end": run, "ratio": run["images_per_second"] / fastest["images_per_second"]}
+              "end_to_end": run, "ratio": run["images_per_second"] / fastest["images_per_second"],
+              # extraction runs the eager model: its ratio to the fastest eager forward, beside the figure of merit
+              "fastest_eager_forward": fastest_eager,
+              "ratio_to_eager": run["images_per_second"] / fastest_eager["images_per_second"]}
     if not cuda:
         # With decoding on the CPU, its cost is paid out of the same cores the model needs: even perfectly
         # overlapped, end to end cannot beat 1 / (1/forward + 1/(cores x decode per core)).
@@ -212,7 +230,8 @@ def plot_extract(result: dict[str, Any], path: Path) -> Path:
     for item in result["forward_only"]:
         layout = "channels-last" if item["channels_last"] else "default layout"
         labels.append(f"forward, {layout}, batch {item['batch_size']}" + (", bf16" if item["bf16_autocast"] else "")
-                      + (f", {item['processes']} processes" if item["processes"] > 1 else ""))
+                      + (f", {item['processes']} processes" if item["processes"] > 1 else "")
+                      + (", compiled" if item.get("compiled") else ""))
         rates.append(item["images_per_second"])
         colours.append("tab:blue")
     labels.append("decode + preprocess, one core")
@@ -257,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="end to end DataLoader workers (default: config)")
     parser.add_argument("--devices", type=int, default=None, help="end to end processes (default: the config's)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: <reports>/bench/extract)")
+    parser.add_argument("--no-compile", action="store_true", help="forward-only in eager mode only")
     args = parser.parse_args(argv)
     cfg = read_params(args.params)
     backbone = cfg.backbone
@@ -269,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = PipelinePaths(cfg)
     result = run_extract_benchmark(backbone, paths.image_table, paths.images_dir, cfg.data.exclude_classes,
                                    limit=args.limit, forward_seconds=args.forward_seconds,
-                                   decode_count=args.decode_images)
+                                   decode_count=args.decode_images, compiled=not args.no_compile)
     out = args.out or Path(cfg.paths.reports) / "bench" / "extract"
     out.mkdir(parents=True, exist_ok=True)
     name = result["model"] + ("-gpu" if result["cuda"] else "-cpu")
