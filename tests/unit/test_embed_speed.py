@@ -160,6 +160,19 @@ def test_bench_extract_also_times_the_compiled_model_at_the_larger_batches():
                         seconds=0.05, compiled=True) > 0
 
 
+def test_a_failing_forward_process_fails_the_benchmark_at_once():
+    """A child that raises is reported with its error, not waited on for the queue's ten-minute timeout."""
+    import time
+
+    from ris.bench.extract import forward_in_processes
+
+    broken = {"channels_last": True, "batch_size": 2, "bf16_autocast": False, "processes": 2}  # no "compiled"
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="KeyError: 'compiled'"):
+        forward_in_processes(_model("test_efficientnet"), (3, 32, 32), broken, seconds=0.05)
+    assert time.perf_counter() - started < 60
+
+
 def test_bench_backbones_counts_what_published_figures_say_and_measures_speed(tmp_path: Path):
     """ResNet-50 is 25.6 M parameters with its 1000-class head (2.05 M of it): 23.5 M as a feature extractor, and
     4.1 G multiply-adds at 224 px; a tiny model's forward pass is timed and written, with the machine and date."""

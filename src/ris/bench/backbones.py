@@ -37,9 +37,9 @@ def configured_backbones(root: Path) -> dict[str, str]:
 def forward_setting(cuda: bool, cpus: int, batch_size: int | None) -> dict[str, Any]:
     """Extraction's setting on this machine: channels-last; on a CPU one process per core, batch 8 (the fastest
     forward-only setting `ris bench extract` found for MobileNetV2 and EfficientNet-Lite2 here); on a GPU one
-    process, bf16 autocast, batch 256."""
+    process, bf16 autocast, batch 256. Eager, as extraction runs it."""
     return {"channels_last": True, "bf16_autocast": cuda, "processes": 1 if cuda else cpus,
-            "batch_size": batch_size or (256 if cuda else 8)}
+            "batch_size": batch_size or (256 if cuda else 8), "compiled": False}
 
 
 def measure_backbone(model_name: str, setting: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -86,9 +86,13 @@ def forward_only(model: torch.nn.Module, input_size: Sequence[int], batch_size: 
 def _forward_in_child(model: torch.nn.Module, input_size: Sequence[int], setting: dict[str, Any], seconds: float,
                       threads: int, start: Any, rates: Any) -> None:
     torch.set_num_threads(threads)
-    start.wait()  # every process runs at the same time, sharing the machine as extraction's ranks do
-    rates.put(forward_only(model, input_size, setting["batch_size"], channels_last=setting["channels_last"],
-                           autocast=setting["bf16_autocast"], seconds=seconds, compiled=setting["compiled"]))
+    try:
+        start.wait()  # every process runs at the same time, sharing the machine as extraction's ranks do
+        rates.put(forward_only(model, input_size, setting["batch_size"], channels_last=setting["channels_last"],
+                               autocast=setting["bf16_autocast"], seconds=seconds, compiled=setting["compiled"]))
+    except BaseException as error:  # the parent re-raises it at once instead of waiting on the queue
+        start.abort()
+        rates.put(f"{type(error).__name__}: {error}")
 
 
 def forward_in_processes(model: torch.nn.Module, input_size: Sequence[int], setting: dict[str, Any],
@@ -106,10 +110,13 @@ def forward_in_processes(model: torch.nn.Module, input_size: Sequence[int], sett
                                                                 rates)) for _ in range(processes)]
     for child in children:
         child.start()
-    total = sum(rates.get(timeout=600) for _ in children)
+    results = [rates.get(timeout=600) for _ in children]
     for child in children:
         child.join()
-    return total
+    failures = [result for result in results if isinstance(result, str)]
+    if failures:
+        raise RuntimeError(f"a forward-only process failed: {failures[0]}")
+    return float(sum(results))
 
 
 def forward_settings(cuda: bool, cpus: int, compiled: bool = True) -> list[dict[str, Any]]:
