@@ -153,7 +153,7 @@ def test_bench_extract_also_times_the_compiled_model_at_the_larger_batches():
 
     settings = forward_settings(cuda=False, cpus=2)
     compiled = [item for item in settings if item["compiled"]]
-    assert {(item["batch_size"], item["processes"]) for item in compiled} == {(32, 1), (32, 2), (64, 1), (64, 2)}
+    assert {(item["batch_size"], item["processes"]) for item in compiled} == {(32, 1), (64, 1)}
     assert all(item["channels_last"] for item in compiled)
     assert not any(item["compiled"] for item in forward_settings(cuda=False, cpus=2, compiled=False))
     assert forward_only(_model("test_efficientnet"), (3, 32, 32), 2, channels_last=True, autocast=False,
