@@ -121,7 +121,8 @@ def forward_in_processes(model: torch.nn.Module, input_size: Sequence[int], sett
         child.join()
     failures = [result for result in results if isinstance(result, str)]
     if failures:
-        raise RuntimeError(f"a forward-only process failed: {failures[0]}")
+        # Every child's own error: the one that failed first also breaks the others' start barrier.
+        raise RuntimeError(f"a forward-only process failed: {'; '.join(sorted(set(failures)))}")
     return float(sum(results))
 
 
