@@ -84,13 +84,18 @@ def forward_only(model: torch.nn.Module, input_size: Sequence[int], batch_size: 
     return images / elapsed
 
 
+def forward_with(model: torch.nn.Module, input_size: Sequence[int], setting: dict[str, Any], seconds: float) -> float:
+    """:func:`forward_only` in one of :func:`forward_settings`' configurations."""
+    return forward_only(model, input_size, setting["batch_size"], channels_last=setting["channels_last"],
+                        autocast=setting["bf16_autocast"], seconds=seconds, compiled=setting["compiled"])
+
+
 def _forward_in_child(model: torch.nn.Module, input_size: Sequence[int], setting: dict[str, Any], seconds: float,
                       threads: int, start: Any, rates: Any) -> None:
     torch.set_num_threads(threads)
     try:
         start.wait()  # every process runs at the same time, sharing the machine as extraction's ranks do
-        rates.put(forward_only(model, input_size, setting["batch_size"], channels_last=setting["channels_last"],
-                               autocast=setting["bf16_autocast"], seconds=seconds, compiled=setting["compiled"]))
+        rates.put(forward_with(model, input_size, setting, seconds))
     except BaseException as error:  # the parent re-raises it at once instead of waiting on the queue
         start.abort()
         rates.put(f"{type(error).__name__}: {error}")
@@ -102,8 +107,7 @@ def forward_in_processes(model: torch.nn.Module, input_size: Sequence[int], sett
     each with its share of the cores (as Lightning gives extraction's ranks); one process runs here."""
     processes = setting["processes"]
     if processes == 1:
-        return forward_only(model, input_size, setting["batch_size"], channels_last=setting["channels_last"],
-                            autocast=setting["bf16_autocast"], seconds=seconds, compiled=setting["compiled"])
+        return forward_with(model, input_size, setting, seconds)
     context = multiprocessing.get_context("fork")
     start, rates = context.Barrier(processes), context.Queue()
     threads = max(1, multiprocessing.cpu_count() // processes)
