@@ -259,6 +259,10 @@ class FinetuneConfig:
     warmup_epochs: int = 1  # linear warm-up, then cosine decay to zero
     patience: int = 3  # early stopping: epochs without a better val MAP@R
     hflip: bool = True  # flip training inputs left-right (images, or the cached activation maps)
+    # The pretrained embedding's share of the fine-tuned model's cosine similarity, w: the model embeds an image as
+    # [sqrt(1 - w) x fine-tuned, sqrt(w) x pretrained], so similarity = (1 - w) fine-tuned + w pretrained. The
+    # fine-tuned model packs each class into a tight cluster; the pretrained neighbourhoods keep near misses near.
+    pretrained_weight: float = 0.0
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm's RandAugment, for inputs=images
     precision: str = "auto"  # auto: 16-mixed on a GPU, 32-true on a CPU
     accelerator: str = "auto"
@@ -539,6 +543,9 @@ def _check_finetune(finetune: FinetuneConfig, backbone: BackboneConfig) -> None:
     for key in ("lr", "backbone_lr"):
         if getattr(finetune, key) <= 0:
             raise ConfigError(f"config key 'finetune.{key}' is {getattr(finetune, key)!r}; it must be above 0")
+    if not 0 <= finetune.pretrained_weight < 1:
+        raise ConfigError(f"config key 'finetune.pretrained_weight' is {finetune.pretrained_weight!r}; it must be "
+                          "at least 0 and below 1 (1 would leave only the pretrained embedding)")
     _choice("finetune.precision", finetune.precision, ("auto", *PRECISIONS))
     _choice("finetune.accelerator", finetune.accelerator, ACCELERATORS)
     for position, training in enumerate(finetune.trainings):

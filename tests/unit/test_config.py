@@ -96,6 +96,8 @@ def test_valid_overrides(overrides: list[str]) -> None:
     (["backbone.tail_from=null"], "backbone.tail_from", None),
     (["finetune.trainings=[all]"], "finetune.trainings[0]", "heldout, unseen-classes"),
     (["finetune.lr=0"], "finetune.lr", None),
+    (["finetune.pretrained_weight=1"], "finetune.pretrained_weight", None),
+    (["finetune.pretrained_weight=-0.1"], "finetune.pretrained_weight", None),
     (["backbone.pool=median"], "backbone.pool", "avg, max, gem"),
     (["backbone.gem_p=0"], "backbone.gem_p", None),
     (["backbone.devices=0"], "backbone.devices", None),

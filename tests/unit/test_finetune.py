@@ -158,39 +158,50 @@ def test_a_head_trained_on_cached_embeddings_lowers_its_loss_and_lifts_val_map()
     assert result.history["val/map_at_r"].max() > result.history["val/map_at_r"].iloc[0]
 
 
+@pytest.mark.parametrize("pool, pretrained_weight", [(None, 0.0), ("gem", 0.3)])
 def test_the_last_blocks_train_on_cached_activations_and_reload_to_the_same_embeddings(
-        tmp_path: Path) -> None:
+        tmp_path: Path, pool: str | None, pretrained_weight: float) -> None:
     """Blocks recipe on a tiny random model over real image files: the activations are computed once and reused,
-    and the saved model, reloaded, embeds images exactly as the trained one (and as the cached path did)."""
+    and the saved model, reloaded (with the backbone's pooling), embeds images exactly as the trained one and as
+    the cached path did. With a pretrained weight the model blends in the untouched pretrained backbone."""
     image_tree = make_image_tree(tmp_path / "images", classes=3, per_class=6)
     images = sorted(image_tree.rglob("*.jpg"))
     rows = pd.DataFrame({"path": [str(path.relative_to(image_tree)) for path in images],
                          "class": [path.parent.name for path in images],
                          "sha256": [hashlib.sha256(path.read_bytes()).hexdigest() for path in images]})
     backbone = BackboneConfig(name="test_efficientnet", pretrained=False, num_workers=0, batch_size=4, devices=1,
-                              tail_from="blocks.4")
+                              tail_from="blocks.4", pool=pool)
     plan = plan_extraction(rows, backbone)
-    features = FeatureSet(np.zeros((len(rows), int(plan.model.num_features)), np.float32),
-                          plan.rows.assign(row=np.arange(len(rows))), {"dim": int(plan.model.num_features)})
+    transform = eval_transform(plan.data_config, scaled=True)
+    batch = torch.stack([transform(open_image(path)) for path in (image_tree / path for path in rows["path"])])
+    with torch.no_grad():  # what extraction stores: the pretrained backbone's unit-length embeddings
+        pretrained = torch.nn.functional.normalize(plan.model.eval()(batch), dim=1)
+    features = FeatureSet(pretrained.numpy(), plan.rows.assign(row=np.arange(len(rows))),
+                          {"dim": int(plan.model.num_features)})
     splits = np.array(["train", "train", "train", "val", "val", "test"] * 3, dtype=object)
     recipe = FinetuneConfig(depth="blocks", embedding_dim=8, epochs=2, batch_size=4, accelerator="cpu",
-                            num_workers=0, patience=2)
+                            num_workers=0, patience=2, pretrained_weight=pretrained_weight)
     cache = tmp_path / "activations"
     result = finetune(plan, features, splits, "heldout", recipe, images_dir=image_tree, activation_cache=cache,
                       progress=False)
     assert len(list(cache.rglob("activations.npy"))) == 1
-    cached = train_module.embed_cached(result.module, result.inputs)
+    cached = train_module.embed_collection_cached(result, features.embeddings)
 
     meta = {"key": "k", "model": "test_efficientnet", "backbone_dim": int(plan.model.num_features),
-            "embedding_dim": 8, "hidden_dim": None, "normalize_pooled": False}
+            "embedding_dim": 8, "hidden_dim": None, "normalize_pooled": False, "pool": pool, "gem_p": 3.0,
+            "pretrained_weight": pretrained_weight}
     FineTunedStore(result.model, meta, result.history).save(tmp_path / "model")
     reloaded = FineTunedStore.load(tmp_path / "model")
-    transform = eval_transform(plan.data_config, scaled=True)
-    batch = torch.stack([transform(open_image(path)) for path in (image_tree / path for path in rows["path"])])
     with torch.no_grad():
         trained, loaded = result.model.eval()(batch), reloaded.model(batch)
     assert torch.allclose(trained, loaded, atol=1e-6)
     assert np.allclose(cached, loaded.numpy(), atol=2e-2)  # the cache holds float16 activations
+    assert torch.allclose(loaded.norm(dim=1), torch.ones(len(batch)), atol=1e-5)
+    assert loaded.shape[1] == 8 + (int(plan.model.num_features) if pretrained_weight else 0)
+    if pretrained_weight:  # the pretrained half is the backbone before training, scaled so the weights add up
+        assert torch.allclose(loaded[:, 8:], pretrained_weight ** 0.5 * pretrained, atol=1e-5)
+        assert torch.allclose(loaded[:, :8].norm(dim=1), torch.full((len(batch),), (1 - pretrained_weight) ** 0.5),
+                              atol=1e-5)
 
 
 def test_the_full_recipe_trains_every_layer_on_augmented_images(tmp_path: Path) -> None:
@@ -274,22 +285,30 @@ TINY_FINETUNE = ["finetune.epochs=2", "finetune.batch_size=4", "finetune.embeddi
                  "tracking.enabled=false"]
 
 
-def test_the_finetune_stage_feeds_the_searcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("pretrained_weight", [0.0, 0.5])
+def test_the_finetune_stage_feeds_the_searcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               pretrained_weight: float) -> None:
     """`ris search --finetuned`'s searcher: the fine-tuned model embeds a collection image to (nearly) the vector
-    stored for it, so the image finds itself first; a stale or missing fine-tune is one clear error."""
+    stored for it (blended with the pretrained one or not), so the image finds itself first; a stale or missing
+    fine-tune is one clear error."""
     from conftest import build_tiny_pipeline
 
     from ris.checks import read_params
+    from ris.embed.store import load_features
+    from ris.paths import PipelinePaths
     from ris.search.searcher import Searcher
     from ris.stages import finetune as finetune_stage
 
-    params = build_tiny_pipeline(tmp_path, TINY_FINETUNE, classes=4, per_class=10)
+    params = build_tiny_pipeline(tmp_path, [*TINY_FINETUNE, f"finetune.pretrained_weight={pretrained_weight}"],
+                                 classes=4, per_class=10)
     monkeypatch.chdir(tmp_path)
     cfg = read_params(params)
     with pytest.raises(ArtifactError, match="finetune stage"):
         Searcher.from_finetuned(cfg, "heldout")
     report = finetune_stage.run(cfg, "heldout", progress=False)
     assert report["protocols"]["heldout"]["finetuned"]["queries"] == 8  # two test images of each of 4 classes
+    backbone_dim = int(load_features(PipelinePaths(cfg).features_dir).meta["dim"])
+    assert report["embedding_dim"] == 8 + (backbone_dim if pretrained_weight else 0)
     searcher = Searcher.from_finetuned(cfg, "heldout")
     assert "fine-tuned (heldout)" in searcher.description
     first = sorted((tmp_path / "source").rglob("*.jpg"))[0]

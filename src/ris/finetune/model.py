@@ -1,5 +1,6 @@
 """The fine-tuned embedding model: the timm backbone (its last blocks, or all of it, trained) and a learned
-projection, L2-normalised. The searcher and extraction use it as they use a pretrained backbone."""
+projection, L2-normalised, optionally beside the frozen pretrained backbone (``finetune.pretrained_weight``). The
+searcher and extraction use it as they use a pretrained backbone."""
 
 from __future__ import annotations
 
@@ -25,18 +26,34 @@ class L2Normalize(nn.Module):
         return F.normalize(features, dim=1)
 
 
+def blend_embeddings(finetuned: torch.Tensor, pretrained: torch.Tensor, pretrained_weight: float) -> torch.Tensor:
+    """Unit rows ``[sqrt(1 - w) f, sqrt(w) p]`` of the unit-length ``f`` and ``p``: the dot product of two blended
+    rows is ``(1 - w)`` times their fine-tuned cosine similarity plus ``w`` times their pretrained one."""
+    return torch.cat([(1 - pretrained_weight) ** 0.5 * F.normalize(finetuned, dim=1),
+                      pretrained_weight ** 0.5 * F.normalize(pretrained, dim=1)], dim=1)
+
+
 class FineTunedModel(nn.Module):
     """image batch -> backbone's pooled features (normalised first where the projection was trained on normalised
-    features) -> projection -> unit-length embeddings."""
+    features) -> projection -> unit-length embeddings; with a ``pretrained`` backbone (frozen) and a weight above
+    0, those are blended with its unit-length embeddings (:func:`blend_embeddings`)."""
 
-    def __init__(self, backbone: nn.Module, projection: nn.Module, normalize_pooled: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, projection: nn.Module, normalize_pooled: bool = False,
+                 pretrained: nn.Module | None = None, pretrained_weight: float = 0.0) -> None:
         super().__init__()
+        if (pretrained is None) != (pretrained_weight == 0):
+            raise ValueError("a pretrained backbone needs a weight above 0, and a weight above 0 needs one")
         self.backbone = backbone
         self.pooled = L2Normalize() if normalize_pooled else nn.Identity()
         self.projection = projection
+        self.pretrained = pretrained
+        self.pretrained_weight = pretrained_weight
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(self.pooled(self.backbone(images))), dim=1)
+        finetuned = F.normalize(self.projection(self.pooled(self.backbone(images))), dim=1)
+        if self.pretrained is None:
+            return finetuned
+        return blend_embeddings(finetuned, self.pretrained(images), self.pretrained_weight)
 
 
 class NormalisedSoftmaxLoss(nn.Module):

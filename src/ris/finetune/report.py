@@ -64,6 +64,12 @@ def comparison_table(reports: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def blend_note(recipe: dict) -> str:
+    """How much of the similarity the pretrained embedding keeps, when the model blends it in."""
+    weight = recipe.get("pretrained_weight", 0.0)  # absent in reports written before the blend existed
+    return f" (the fine-tuned embedding blended with the pretrained one, weight {weight:g})" if weight else ""
+
+
 def to_markdown(table: pd.DataFrame, reports: list[dict]) -> str:
     """Per protocol, pretrained vs fine-tuned (in %) and the gain (in points), with the recipe and the leak named."""
     lines = ["# Fine-tuning: pretrained vs fine-tuned, exact search, same queries", ""]
@@ -71,7 +77,8 @@ def to_markdown(table: pd.DataFrame, reports: list[dict]) -> str:
         recipe = report["recipe"]
         lines.append(f"- **{report['training']}** training: {report['backbone']} `{recipe['depth']}`"
                      f"{' from ' + report['tail_from'] if report['tail_from'] else ''}, {recipe['inputs']} inputs, "
-                     f"{recipe['loss']['name']} loss, {report['embedding_dim']}-d; {report['train_images']:,} train / "
+                     f"{recipe['loss']['name']} loss, {report['embedding_dim']}-d"
+                     f"{blend_note(recipe)}; {report['train_images']:,} train / "
                      f"{report['val_images']:,} val images of {report['classes']} classes; best val MAP@R "
                      f"{100 * report['best_val_map_at_r']:.1f} % at epoch {report['best_epoch'] + 1} of "
                      f"{report['epochs_run']}; {report['train_seconds']:.0f} s on {report['device']} "

@@ -1,5 +1,5 @@
-"""The fine-tuned model store: the whole embedding model (backbone with its trained blocks, and the projection) as
-safetensors, and a description of what it is and how it was trained, checked on load.
+"""The fine-tuned model store: the whole embedding model (backbone with its trained blocks, the projection, and the
+pretrained backbone where the model blends it in) as safetensors, and a description of what it is and how it was trained, checked on load.
 
 Self-contained on purpose: the searcher, the service and MLflow load it without the pretrained weights file.
 """
@@ -12,9 +12,11 @@ from typing import Any
 
 import pandas as pd
 import timm
+import torch
 from safetensors.torch import load_file, save_file
 
 from ris.artifacts import REBUILD, ArtifactError, read_description, write_description
+from ris.embed.pooling import set_global_pool
 from ris.finetune.model import FineTunedModel, projection_head
 from ris.locks import locked
 from ris.paths import atomic_folder
@@ -77,6 +79,18 @@ class FineTunedStore:
 
 def build_model(meta: dict[str, Any]) -> FineTunedModel:
     """The untrained architecture a store describes (timm backbone without weights, projection of its shape)."""
-    backbone = timm.create_model(meta["model"], pretrained=False, num_classes=0)
+    backbone = model_with_pool(meta)
     projection = projection_head(meta["backbone_dim"], meta["embedding_dim"], meta["hidden_dim"])
-    return FineTunedModel(backbone, projection, normalize_pooled=meta["normalize_pooled"])
+    weight = float(meta.get("pretrained_weight", 0.0))  # absent in stores written before the blend existed
+    pretrained = model_with_pool(meta).eval() if weight else None
+    return FineTunedModel(backbone, projection, normalize_pooled=meta["normalize_pooled"], pretrained=pretrained,
+                          pretrained_weight=weight)
+
+
+def model_with_pool(meta: dict[str, Any]) -> torch.nn.Module:
+    """The timm architecture without weights, with the global pooling the backbone was extracted with (stores
+    written before it was recorded used the model's own)."""
+    model = timm.create_model(meta["model"], pretrained=False, num_classes=0)
+    pool = meta.get("pool")
+    return model if pool is None else set_global_pool(model, pool, float(meta.get("gem_p", 3.0)))
+

@@ -4,6 +4,7 @@ the ``unseen-classes`` training no image of the classes it will be evaluated on,
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -30,7 +31,7 @@ from ris.finetune.activations import cached_activations
 from ris.finetune.backbone_split import split_backbone
 from ris.finetune.data import CachedRows, FineTuneData, ImageRows
 from ris.finetune.losses import create_loss
-from ris.finetune.model import FineTunedModel, L2Normalize, projection_head
+from ris.finetune.model import FineTunedModel, L2Normalize, blend_embeddings, projection_head
 from ris.finetune.module import VAL_METRIC, FineTuneModule
 from ris.progress import on_terminal
 
@@ -104,12 +105,14 @@ def finetune(plan: ExtractionPlan, features: FeatureSet, splits: np.ndarray, tra
     """Fine-tune ``plan.model`` (the pretrained backbone that made ``features``) with the recipe ``cfg``.
 
     Returns the model whose val MAP@R was best (early stopping ends the run after ``cfg.patience`` epochs without a
-    better one). The backbone in ``plan.model`` is trained in place.
+    better one; the selection looks at the fine-tuned embedding alone, before any blend with the pretrained one).
+    The backbone in ``plan.model`` is trained in place.
     """
     pl.seed_everything(cfg.seed, workers=True)
     labels = features.labels
     rows = training_rows(training, labels, splits)
     model = plan.model
+    pretrained = frozen_copy(model) if cfg.pretrained_weight else None  # before training changes the original
     input_size = tuple(plan.data_config["input_size"])
     inputs: np.ndarray | None = None
     if cfg.depth == "head":  # the stored embeddings are the frozen backbone's output
@@ -165,9 +168,18 @@ def finetune(plan: ExtractionPlan, features: FeatureSet, splits: np.ndarray, tra
     log.info("best val MAP@R %.4f at epoch %d of %d (%.1f s)", best_row[VAL_METRIC], best_row["epoch"],
              len(history), seconds)
     normalize_pooled = cfg.depth == "head" and plan.backbone.normalize
-    model = FineTunedModel(model.cpu().eval(), projection, normalize_pooled=normalize_pooled).eval()
+    model = FineTunedModel(model.cpu().eval(), projection, normalize_pooled=normalize_pooled, pretrained=pretrained,
+                           pretrained_weight=cfg.pretrained_weight).eval()
     return FineTuneResult(model, module, inputs, rows, history, int(best_row["epoch"]),
                           float(best_row[VAL_METRIC]), seconds, device, precision)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """An untrainable copy of ``model`` in eval mode (the pretrained backbone a fine-tuned model blends in)."""
+    copied = copy.deepcopy(model).eval()
+    for parameter in copied.parameters():
+        parameter.requires_grad_(False)
+    return copied
 
 
 def epoch_history(metrics_csv: Path) -> pd.DataFrame:
@@ -184,4 +196,17 @@ def embed_cached(module: FineTuneModule, inputs: np.ndarray, batch_size: int = 2
     parts = [module(torch.from_numpy(np.array(inputs[start:start + batch_size], dtype=np.float32))).numpy()
              for start in range(0, len(inputs), batch_size)]
     return np.concatenate(parts).astype(np.float32)
+
+
+def embed_collection_cached(result: FineTuneResult, pretrained: np.ndarray) -> np.ndarray:
+    """What ``result.model`` gives every row of its cached inputs: the fine-tuned embeddings, blended with the rows'
+    ``pretrained`` embeddings (the extraction's output for the same images) where the model blends them in."""
+    if result.inputs is None:
+        raise ValueError("this fine-tune read images, not cached inputs: embed the images with result.model")
+    finetuned = embed_cached(result.module, result.inputs)
+    if result.model.pretrained is None:
+        return finetuned
+    blended = blend_embeddings(torch.from_numpy(finetuned), torch.from_numpy(np.asarray(pretrained, np.float32)),
+                               result.model.pretrained_weight)
+    return blended.numpy()
 

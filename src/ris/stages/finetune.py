@@ -28,7 +28,7 @@ from ris.finetune.evaluate import compare
 from ris.finetune.losses import check_loss
 from ris.finetune.model import L2Normalize
 from ris.finetune.store import FineTunedStore
-from ris.finetune.train import FineTuneResult, embed_cached, finetune
+from ris.finetune.train import FineTuneResult, embed_collection_cached, finetune
 from ris.index.store import IndexStore
 from ris.paths import PipelinePaths, atomic_folder, write_json_atomic, write_text_atomic
 from ris.stages._common import Done, load_stage_config, stage_main, timed
@@ -48,6 +48,8 @@ def model_meta(cfg: Config, training: str, features: FeatureSet, result: FineTun
             "tail_from": cfg.backbone.tail_from if cfg.finetune.depth == "blocks" else None,
             "backbone_dim": int(features.meta["dim"]), "embedding_dim": cfg.finetune.embedding_dim,
             "hidden_dim": cfg.finetune.hidden_dim, "normalize_pooled": isinstance(result.model.pooled, L2Normalize),
+            "pool": cfg.backbone.pool, "gem_p": cfg.backbone.gem_p,
+            "pretrained_weight": cfg.finetune.pretrained_weight,
             "classes": result.rows.classes, "train_images": len(result.rows.train), "val_images": len(result.rows.val),
             "best_epoch": result.best_epoch, "best_val_map_at_r": result.best_val_map_at_r,
             "epochs_run": len(result.history)}
@@ -77,7 +79,7 @@ def run(cfg: Config, training: str, *, progress: bool = True) -> dict:
                           activation_cache=paths.activation_cache, progress=progress)
     with timed("embed the collection with the fine-tuned model"):
         if result.inputs is not None:  # exactly the model's output for these images: their cached inputs
-            embeddings = embed_cached(result.module, result.inputs)
+            embeddings = embed_collection_cached(result, features.embeddings)
         else:
             plan.model = result.model
             embeddings, _ = embed_images(plan, [root / path for path in features.rows["path"]], progress=progress)
