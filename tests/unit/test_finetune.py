@@ -272,7 +272,9 @@ def test_the_report_checks_the_pretrained_numbers_against_the_grid(tmp_path: Pat
     table = comparison_table([report])
     assert list(table["model"][:3]) == ["pretrained", "finetuned", "gain"]
     markdown = to_markdown(table, [report])
-    assert "LEAKY" in markdown and "`heldout` protocol" in markdown
+    assert "LEAKY" in markdown and "`heldout` protocol" in markdown and "blended" not in markdown
+    blended = {**report, "recipe": {**report["recipe"], "pretrained_weight": 0.5}}
+    assert "blended with the pretrained one, weight 0.5" in to_markdown(comparison_table([blended]), [blended])
     shifted = {c.protocol: {**c.pretrained, "map_at_r": c.pretrained["map_at_r"] + 0.01} for c in comparisons}
     grid.write_text(json.dumps({"protocols": shifted}))
     with pytest.raises(ArtifactError, match="differs from the grid"):
