@@ -1,5 +1,6 @@
 """The fine-tuned model store: the whole embedding model (backbone with its trained blocks, the projection, and the
-pretrained backbone where the model blends it in) as safetensors, and a description of what it is and how it was trained, checked on load.
+pretrained backbone where the model blends it in) as safetensors, and a description of what it is and how it was
+trained, checked on load.
 
 Self-contained on purpose: the searcher, the service and MLflow load it without the pretrained weights file.
 """
@@ -93,4 +94,3 @@ def model_with_pool(meta: dict[str, Any]) -> torch.nn.Module:
     model = timm.create_model(meta["model"], pretrained=False, num_classes=0)
     pool = meta.get("pool")
     return model if pool is None else set_global_pool(model, pool, float(meta.get("gem_p", 3.0)))
-

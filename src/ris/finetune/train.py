@@ -209,4 +209,3 @@ def embed_collection_cached(result: FineTuneResult, pretrained: np.ndarray) -> n
     blended = blend_embeddings(torch.from_numpy(finetuned), torch.from_numpy(np.asarray(pretrained, np.float32)),
                                result.model.pretrained_weight)
     return blended.numpy()
-
