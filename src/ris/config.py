@@ -263,6 +263,9 @@ class FinetuneConfig:
     # [sqrt(1 - w) x fine-tuned, sqrt(w) x pretrained], so similarity = (1 - w) fine-tuned + w pretrained. The
     # fine-tuned model packs each class into a tight cluster; the pretrained neighbourhoods keep near misses near.
     pretrained_weight: float = 0.0
+    # Fine-tunes trained from seeds seed, seed + 1, ...: the model concatenates their unit embeddings (divided by
+    # sqrt(members)), so similarity = the mean of theirs. Each member costs a training, and a backbone at search.
+    members: int = 1
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm's RandAugment, for inputs=images
     precision: str = "auto"  # auto: 16-mixed on a GPU, 32-true on a CPU
     accelerator: str = "auto"
@@ -536,7 +539,7 @@ def _check_finetune(finetune: FinetuneConfig, backbone: BackboneConfig) -> None:
                           "projection: give it a width")
     if finetune.embedding_dim is not None:
         _positive("finetune.embedding_dim", finetune.embedding_dim)
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size", "members"):
         _positive(f"finetune.{key}", getattr(finetune, key))
     for key in ("warmup_epochs", "patience", "num_workers"):
         _at_least_zero(f"finetune.{key}", getattr(finetune, key))

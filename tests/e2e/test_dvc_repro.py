@@ -202,7 +202,7 @@ def test_finetune_trains_compares_reports_and_tracks(reproduced: Path) -> None:
     experiment = client.get_experiment_by_name("ris")
     runs = [run for run in client.search_runs([experiment.experiment_id]) if "finetune" in run.data.tags]
     (training,) = [run for run in runs if run.data.tags.get("kind") == "finetune"]
-    assert len(client.get_metric_history(training.info.run_id, "val/map_at_r")) == report["epochs_run"]
+    assert len(client.get_metric_history(training.info.run_id, "val/map_at_r")) == report["members"][0]["epochs_run"]
     assert "heldout/finetuned/map_at_r" in training.data.metrics and training.data.params["finetune.depth"] == "blocks"
     import mlflow
 

@@ -98,6 +98,7 @@ def test_valid_overrides(overrides: list[str]) -> None:
     (["finetune.lr=0"], "finetune.lr", None),
     (["finetune.pretrained_weight=1"], "finetune.pretrained_weight", None),
     (["finetune.pretrained_weight=-0.1"], "finetune.pretrained_weight", None),
+    (["finetune.members=0"], "finetune.members", None),
     (["backbone.pool=median"], "backbone.pool", "avg, max, gem"),
     (["backbone.gem_p=0"], "backbone.gem_p", None),
     (["backbone.devices=0"], "backbone.devices", None),

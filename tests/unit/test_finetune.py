@@ -158,12 +158,13 @@ def test_a_head_trained_on_cached_embeddings_lowers_its_loss_and_lifts_val_map()
     assert result.history["val/map_at_r"].max() > result.history["val/map_at_r"].iloc[0]
 
 
-@pytest.mark.parametrize("pool, pretrained_weight", [(None, 0.0), ("gem", 0.3)])
+@pytest.mark.parametrize("pool, pretrained_weight, members", [(None, 0.0, 1), ("gem", 0.3, 2)])
 def test_the_last_blocks_train_on_cached_activations_and_reload_to_the_same_embeddings(
-        tmp_path: Path, pool: str | None, pretrained_weight: float) -> None:
+        tmp_path: Path, pool: str | None, pretrained_weight: float, members: int) -> None:
     """Blocks recipe on a tiny random model over real image files: the activations are computed once and reused,
     and the saved model, reloaded (with the backbone's pooling), embeds images exactly as the trained one and as
-    the cached path did. With a pretrained weight the model blends in the untouched pretrained backbone."""
+    the cached path did. With a pretrained weight the model blends in the untouched pretrained backbone; with two
+    members, two fine-tunes from different seeds sit side by side, each an equal share."""
     image_tree = make_image_tree(tmp_path / "images", classes=3, per_class=6)
     images = sorted(image_tree.rglob("*.jpg"))
     rows = pd.DataFrame({"path": [str(path.relative_to(image_tree)) for path in images],
@@ -180,16 +181,18 @@ def test_the_last_blocks_train_on_cached_activations_and_reload_to_the_same_embe
                           {"dim": int(plan.model.num_features)})
     splits = np.array(["train", "train", "train", "val", "val", "test"] * 3, dtype=object)
     recipe = FinetuneConfig(depth="blocks", embedding_dim=8, epochs=2, batch_size=4, accelerator="cpu",
-                            num_workers=0, patience=2, pretrained_weight=pretrained_weight)
+                            num_workers=0, patience=2, pretrained_weight=pretrained_weight, members=members)
     cache = tmp_path / "activations"
     result = finetune(plan, features, splits, "heldout", recipe, images_dir=image_tree, activation_cache=cache,
                       progress=False)
     assert len(list(cache.rglob("activations.npy"))) == 1
+    assert [member.seed for member in result.members] == list(range(members))
+    assert list(result.history["member"].unique()) == list(range(members))
     cached = train_module.embed_collection_cached(result, features.embeddings)
 
     meta = {"key": "k", "model": "test_efficientnet", "backbone_dim": int(plan.model.num_features),
             "embedding_dim": 8, "hidden_dim": None, "normalize_pooled": False, "pool": pool, "gem_p": 3.0,
-            "pretrained_weight": pretrained_weight}
+            "pretrained_weight": pretrained_weight, "members": members}
     FineTunedStore(result.model, meta, result.history).save(tmp_path / "model")
     reloaded = FineTunedStore.load(tmp_path / "model")
     with torch.no_grad():
@@ -197,11 +200,16 @@ def test_the_last_blocks_train_on_cached_activations_and_reload_to_the_same_embe
     assert torch.allclose(trained, loaded, atol=1e-6)
     assert np.allclose(cached, loaded.numpy(), atol=2e-2)  # the cache holds float16 activations
     assert torch.allclose(loaded.norm(dim=1), torch.ones(len(batch)), atol=1e-5)
-    assert loaded.shape[1] == 8 + (int(plan.model.num_features) if pretrained_weight else 0)
-    if pretrained_weight:  # the pretrained half is the backbone before training, scaled so the weights add up
-        assert torch.allclose(loaded[:, 8:], pretrained_weight ** 0.5 * pretrained, atol=1e-5)
-        assert torch.allclose(loaded[:, :8].norm(dim=1), torch.full((len(batch),), (1 - pretrained_weight) ** 0.5),
-                              atol=1e-5)
+    tuned = 8 * members
+    assert loaded.shape[1] == tuned + (int(plan.model.num_features) if pretrained_weight else 0)
+    if pretrained_weight:  # the pretrained part is the backbone before training, scaled so the weights add up
+        assert torch.allclose(loaded[:, tuned:], pretrained_weight ** 0.5 * pretrained, atol=1e-5)
+    for start in range(0, tuned, 8):  # each member: an equal share of the fine-tuned part
+        assert torch.allclose(loaded[:, start:start + 8].norm(dim=1),
+                              torch.full((len(batch),), ((1 - pretrained_weight) / members) ** 0.5), atol=1e-5)
+    if members > 1:  # trained from other seeds: other embeddings
+        assert not torch.allclose(loaded[:, :8], loaded[:, 8:16], atol=1e-2)
+        assert 0 < result.best_val_map_at_r <= 1
 
 
 def test_the_full_recipe_trains_every_layer_on_augmented_images(tmp_path: Path) -> None:
@@ -222,7 +230,7 @@ def test_the_full_recipe_trains_every_layer_on_augmented_images(tmp_path: Path) 
     result = finetune(plan, features, splits, "heldout", recipe, images_dir=image_tree, activation_cache=tmp_path,
                       progress=False)
     assert result.inputs is None and result.precision == "32-true"
-    after = result.model.backbone.state_dict()
+    after = result.model.members[0].backbone.state_dict()
     assert all(not torch.equal(before[name], after[name]) for name in before if name.endswith("conv_stem.weight"))
     batch = torch.stack([eval_transform(plan.data_config, scaled=True)(open_image(path)) for path in images[:2]])
     with torch.no_grad():
@@ -230,10 +238,11 @@ def test_the_full_recipe_trains_every_layer_on_augmented_images(tmp_path: Path) 
 
 
 def test_a_damaged_model_store_is_caught_on_load(tmp_path: Path) -> None:
-    model = train_module.FineTunedModel(timm.create_model("test_efficientnet", num_classes=0),
-                                        torch.nn.Linear(1280, 8))
-    meta = {"key": "k", "model": "test_efficientnet", "backbone_dim": 1280, "embedding_dim": 16,
-            "hidden_dim": None, "normalize_pooled": False}  # the projection described is not the one saved
+    model = train_module.FineTunedModel([train_module.FineTunedMember(
+        timm.create_model("test_efficientnet", num_classes=0), torch.nn.Linear(1280, 8))])
+    meta = {"key": "k", "model": "test_efficientnet", "backbone_dim": 1280, "embedding_dim": 16, "members": 1,
+            "hidden_dim": None, "normalize_pooled": False, "pool": None, "gem_p": 3.0,
+            "pretrained_weight": 0.0}  # the projection described is not the one saved
     FineTunedStore(model, meta, pd.DataFrame({"epoch": [0]})).save(tmp_path / "model")
     with pytest.raises(ArtifactError, match="does not fit"):
         FineTunedStore.load(tmp_path / "model")
@@ -264,7 +273,8 @@ def test_the_report_checks_the_pretrained_numbers_against_the_grid(tmp_path: Pat
     report = {"backbone": "b", "training": "heldout", "recipe": {"depth": "head", "inputs": "cached",
                                                                   "loss": {"name": "proxy_anchor"}},
               "tail_from": None, "embedding_dim": 16, "train_images": 36, "val_images": 12, "classes": 6,
-              "best_val_map_at_r": 0.5, "best_epoch": 0, "epochs_run": 1, "train_seconds": 1.0, "device": "cpu",
+              "best_val_map_at_r": 0.5, "train_seconds": 1.0, "device": "cpu",
+              "members": [{"seed": 0, "best_epoch": 0, "epochs_run": 1, "best_val_map_at_r": 0.5}],
               "precision": "32-true", "protocols": {c.protocol: c.report() for c in comparisons}}
     grid = tmp_path / "full-brute.json"
     grid.write_text(json.dumps({"protocols": {c.protocol: c.pretrained for c in comparisons}}))
@@ -275,6 +285,13 @@ def test_the_report_checks_the_pretrained_numbers_against_the_grid(tmp_path: Pat
     assert "LEAKY" in markdown and "`heldout` protocol" in markdown and "blended" not in markdown
     blended = {**report, "recipe": {**report["recipe"], "pretrained_weight": 0.5}}
     assert "blended with the pretrained one, weight 0.5" in to_markdown(comparison_table([blended]), [blended])
+    assert "best val MAP@R 50.0 % at epoch 1 of 1" in markdown
+    ensemble = {**report, "best_val_map_at_r": 0.6,
+                "members": [{"seed": 0, "best_epoch": 0, "epochs_run": 1, "best_val_map_at_r": 0.5},
+                            {"seed": 1, "best_epoch": 2, "epochs_run": 4, "best_val_map_at_r": 0.55}]}
+    assert ("an ensemble of 2 fine-tunes, their embeddings concatenated (best val MAP@R seed 0: 50.0 % at epoch 1 "
+            "of 1; seed 1: 55.0 % at epoch 3 of 4; together 60.0 %)") in to_markdown(comparison_table([ensemble]),
+                                                                                      [ensemble])
     shifted = {c.protocol: {**c.pretrained, "map_at_r": c.pretrained["map_at_r"] + 0.01} for c in comparisons}
     grid.write_text(json.dumps({"protocols": shifted}))
     with pytest.raises(ArtifactError, match="differs from the grid"):
@@ -287,9 +304,9 @@ TINY_FINETUNE = ["finetune.epochs=2", "finetune.batch_size=4", "finetune.embeddi
                  "tracking.enabled=false"]
 
 
-@pytest.mark.parametrize("pretrained_weight", [0.0, 0.5])
+@pytest.mark.parametrize("pretrained_weight, members", [(0.0, 1), (0.5, 2)])
 def test_the_finetune_stage_feeds_the_searcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               pretrained_weight: float) -> None:
+                                               pretrained_weight: float, members: int) -> None:
     """`ris search --finetuned`'s searcher: the fine-tuned model embeds a collection image to (nearly) the vector
     stored for it (blended with the pretrained one or not), so the image finds itself first; a stale or missing
     fine-tune is one clear error."""
@@ -301,8 +318,8 @@ def test_the_finetune_stage_feeds_the_searcher(tmp_path: Path, monkeypatch: pyte
     from ris.search.searcher import Searcher
     from ris.stages import finetune as finetune_stage
 
-    params = build_tiny_pipeline(tmp_path, [*TINY_FINETUNE, f"finetune.pretrained_weight={pretrained_weight}"],
-                                 classes=4, per_class=10)
+    params = build_tiny_pipeline(tmp_path, [*TINY_FINETUNE, f"finetune.pretrained_weight={pretrained_weight}",
+                                            f"finetune.members={members}"], classes=4, per_class=10)
     monkeypatch.chdir(tmp_path)
     cfg = read_params(params)
     with pytest.raises(ArtifactError, match="finetune stage"):
@@ -310,7 +327,8 @@ def test_the_finetune_stage_feeds_the_searcher(tmp_path: Path, monkeypatch: pyte
     report = finetune_stage.run(cfg, "heldout", progress=False)
     assert report["protocols"]["heldout"]["finetuned"]["queries"] == 8  # two test images of each of 4 classes
     backbone_dim = int(load_features(PipelinePaths(cfg).features_dir).meta["dim"])
-    assert report["embedding_dim"] == 8 + (backbone_dim if pretrained_weight else 0)
+    assert report["embedding_dim"] == 8 * members + (backbone_dim if pretrained_weight else 0)
+    assert [member["seed"] for member in report["members"]] == list(range(members))
     searcher = Searcher.from_finetuned(cfg, "heldout")
     assert "fine-tuned (heldout)" in searcher.description
     first = sorted((tmp_path / "source").rglob("*.jpg"))[0]

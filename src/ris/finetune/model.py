@@ -1,8 +1,10 @@
-"""The fine-tuned embedding model: the timm backbone (its last blocks, or all of it, trained) and a learned
-projection, L2-normalised, optionally beside the frozen pretrained backbone (``finetune.pretrained_weight``). The
-searcher and extraction use it as they use a pretrained backbone."""
+"""The fine-tuned embedding model: one or more members (``finetune.members``), each a timm backbone (its last
+blocks, or all of it, trained) and a learned projection, L2-normalised, optionally beside the frozen pretrained
+backbone (``finetune.pretrained_weight``). The searcher and extraction use it as they use a pretrained backbone."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,24 +35,44 @@ def blend_embeddings(finetuned: torch.Tensor, pretrained: torch.Tensor, pretrain
                       pretrained_weight ** 0.5 * F.normalize(pretrained, dim=1)], dim=1)
 
 
-class FineTunedModel(nn.Module):
-    """image batch -> backbone's pooled features (normalised first where the projection was trained on normalised
-    features) -> projection -> unit-length embeddings; with a ``pretrained`` backbone (frozen) and a weight above
-    0, those are blended with its unit-length embeddings (:func:`blend_embeddings`)."""
+def ensemble_embeddings(members: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Unit rows ``[f_1, ..., f_N] / sqrt(N)`` of the members' unit rows: the dot product of two ensemble rows is
+    the mean of the members' cosine similarities (one member: its own rows)."""
+    return torch.cat(list(members), dim=1) / len(members) ** 0.5
 
-    def __init__(self, backbone: nn.Module, projection: nn.Module, normalize_pooled: bool = False,
-                 pretrained: nn.Module | None = None, pretrained_weight: float = 0.0) -> None:
+
+class FineTunedMember(nn.Module):
+    """One trained network: image batch -> backbone's pooled features (normalised first where the projection was
+    trained on normalised features) -> projection -> unit-length embeddings."""
+
+    def __init__(self, backbone: nn.Module, projection: nn.Module, normalize_pooled: bool = False) -> None:
         super().__init__()
-        if (pretrained is None) != (pretrained_weight == 0):
-            raise ValueError("a pretrained backbone needs a weight above 0, and a weight above 0 needs one")
         self.backbone = backbone
         self.pooled = L2Normalize() if normalize_pooled else nn.Identity()
         self.projection = projection
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(self.pooled(self.backbone(images))), dim=1)
+
+
+class FineTunedModel(nn.Module):
+    """The fine-tuned embedding: its members' (``finetune.members``, trained from different seeds) concatenated
+    (:func:`ensemble_embeddings`); with a ``pretrained`` backbone (frozen) and a weight above 0, blended with its
+    unit-length embeddings (:func:`blend_embeddings`)."""
+
+    def __init__(self, members: Sequence[FineTunedMember], pretrained: nn.Module | None = None,
+                 pretrained_weight: float = 0.0) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a fine-tuned model needs at least one member")
+        if (pretrained is None) != (pretrained_weight == 0):
+            raise ValueError("a pretrained backbone needs a weight above 0, and a weight above 0 needs one")
+        self.members = nn.ModuleList(members)
         self.pretrained = pretrained
         self.pretrained_weight = pretrained_weight
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        finetuned = F.normalize(self.projection(self.pooled(self.backbone(images))), dim=1)
+        finetuned = ensemble_embeddings([member(images) for member in self.members])
         if self.pretrained is None:
             return finetuned
         return blend_embeddings(finetuned, self.pretrained(images), self.pretrained_weight)

@@ -70,6 +70,18 @@ def blend_note(recipe: dict) -> str:
     return f" (the fine-tuned embedding blended with the pretrained one, weight {weight:g})" if weight else ""
 
 
+def selection_note(report: dict) -> str:
+    """Which epoch each member kept, by val MAP@R, and the members' val MAP@R together where there are several."""
+    members = report["members"]
+    if len(members) == 1:
+        return (f"best val MAP@R {100 * members[0]['best_val_map_at_r']:.1f} % at epoch "
+                f"{members[0]['best_epoch'] + 1} of {members[0]['epochs_run']}")
+    each = "; ".join(f"seed {member['seed']}: {100 * member['best_val_map_at_r']:.1f} % at epoch "
+                     f"{member['best_epoch'] + 1} of {member['epochs_run']}" for member in members)
+    return (f"an ensemble of {len(members)} fine-tunes, their embeddings concatenated (best val MAP@R {each}; "
+            f"together {100 * report['best_val_map_at_r']:.1f} %)")
+
+
 def to_markdown(table: pd.DataFrame, reports: list[dict]) -> str:
     """Per protocol, pretrained vs fine-tuned (in %) and the gain (in points), with the recipe and the leak named."""
     lines = ["# Fine-tuning: pretrained vs fine-tuned, exact search, same queries", ""]
@@ -79,9 +91,8 @@ def to_markdown(table: pd.DataFrame, reports: list[dict]) -> str:
                      f"{' from ' + report['tail_from'] if report['tail_from'] else ''}, {recipe['inputs']} inputs, "
                      f"{recipe['loss']['name']} loss, {report['embedding_dim']}-d"
                      f"{blend_note(recipe)}; {report['train_images']:,} train / "
-                     f"{report['val_images']:,} val images of {report['classes']} classes; best val MAP@R "
-                     f"{100 * report['best_val_map_at_r']:.1f} % at epoch {report['best_epoch'] + 1} of "
-                     f"{report['epochs_run']}; {report['train_seconds']:.0f} s on {report['device']} "
+                     f"{report['val_images']:,} val images of {report['classes']} classes; "
+                     f"{selection_note(report)}; {report['train_seconds']:.0f} s on {report['device']} "
                      f"({report['precision']}).")
     lines.append("")
     for (training, protocol), part in table.groupby(["training", "protocol"], sort=False):
@@ -104,7 +115,7 @@ def to_markdown(table: pd.DataFrame, reports: list[dict]) -> str:
 
 
 def plot_curves(histories: dict[str, pd.DataFrame], out: Path) -> None:
-    """Training loss and val MAP@R per epoch, one line per training."""
+    """Training loss and val MAP@R per epoch, one line per training (and member, where there are several)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -112,9 +123,12 @@ def plot_curves(histories: dict[str, pd.DataFrame], out: Path) -> None:
 
     figure, (loss_axis, map_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for training, history in histories.items():
-        epochs = history["epoch"] + 1
-        loss_axis.plot(epochs, history["train/loss"], marker="o", label=training)
-        map_axis.plot(epochs, 100 * history["val/map_at_r"], marker="o", label=training)
+        members = history.groupby("member", sort=True)
+        for member, curve in members:
+            label = training if len(members) == 1 else f"{training}, member {member}"
+            epochs = curve["epoch"] + 1
+            loss_axis.plot(epochs, curve["train/loss"], marker="o", label=label)
+            map_axis.plot(epochs, 100 * curve["val/map_at_r"], marker="o", label=label)
     loss_axis.set(xlabel="epoch", ylabel="training loss", title="Training loss")
     map_axis.set(xlabel="epoch", ylabel="val MAP@R (%)", title="Val MAP@R (checkpoint selection)")
     for axis in (loss_axis, map_axis):

@@ -1,5 +1,5 @@
-"""The fine-tuned model store: the whole embedding model (backbone with its trained blocks, the projection, and the
-pretrained backbone where the model blends it in) as safetensors, and a description of what it is and how it was
+"""The fine-tuned model store: the whole embedding model (each member's backbone with its trained blocks and its
+projection, and the pretrained backbone where the model blends it in) as safetensors, and a description of what it is and how it was
 trained, checked on load.
 
 Self-contained on purpose: the searcher, the service and MLflow load it without the pretrained weights file.
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ris.artifacts import REBUILD, ArtifactError, read_description, write_description
 from ris.embed.pooling import set_global_pool
-from ris.finetune.model import FineTunedModel, projection_head
+from ris.finetune.model import FineTunedMember, FineTunedModel, projection_head
 from ris.locks import locked
 from ris.paths import atomic_folder
 
@@ -26,14 +26,15 @@ MODEL_FILE = "model.safetensors"
 HISTORY_FILE = "history.csv"
 META_FILE = "meta.json"
 FORMAT = "ris.finetuned"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model's members (an ensemble of one or more fine-tunes)
 
 
 @dataclass
 class FineTunedStore:
     """A fine-tuned model and its description: ``model`` (timm name), ``pretrained`` (the weights it started from),
     ``preprocessing``, ``features_key`` (the pretrained features it was trained against), ``training`` and
-    ``recipe``, the projection's shape, and the selection (best epoch, val MAP@R)."""
+    ``recipe``, the members' count and projection's shape, and the selection (each member's best epoch and val
+    MAP@R, and the members' val MAP@R together)."""
 
     model: FineTunedModel
     meta: dict[str, Any]
@@ -69,7 +70,10 @@ class FineTunedStore:
                 history = pd.read_csv(folder / HISTORY_FILE)
             except (OSError, ValueError, RuntimeError) as error:
                 raise ArtifactError(f"{folder}: cannot read the model or its history ({error}): {remedy}") from error
-        model = build_model(meta)
+        try:
+            model = build_model(meta)
+        except KeyError as error:
+            raise ArtifactError(f"{folder / META_FILE} does not say {error}: {remedy}") from error
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
@@ -79,18 +83,19 @@ class FineTunedStore:
 
 
 def build_model(meta: dict[str, Any]) -> FineTunedModel:
-    """The untrained architecture a store describes (timm backbone without weights, projection of its shape)."""
-    backbone = model_with_pool(meta)
-    projection = projection_head(meta["backbone_dim"], meta["embedding_dim"], meta["hidden_dim"])
-    weight = float(meta.get("pretrained_weight", 0.0))  # absent in stores written before the blend existed
+    """The untrained architecture a store describes: ``members`` times a timm backbone without weights and a
+    projection of its shape, and the pretrained backbone where the model blends it in."""
+    members = [FineTunedMember(model_with_pool(meta),
+                               projection_head(meta["backbone_dim"], meta["embedding_dim"], meta["hidden_dim"]),
+                               normalize_pooled=meta["normalize_pooled"]) for _ in range(int(meta["members"]))]
+    weight = float(meta["pretrained_weight"])
     pretrained = model_with_pool(meta).eval() if weight else None
-    return FineTunedModel(backbone, projection, normalize_pooled=meta["normalize_pooled"], pretrained=pretrained,
-                          pretrained_weight=weight)
+    return FineTunedModel(members, pretrained=pretrained, pretrained_weight=weight)
 
 
 def model_with_pool(meta: dict[str, Any]) -> torch.nn.Module:
-    """The timm architecture without weights, with the global pooling the backbone was extracted with (stores
-    written before it was recorded used the model's own)."""
+    """The timm architecture without weights, with the global pooling the backbone was extracted with (null: the
+    model's own)."""
     model = timm.create_model(meta["model"], pretrained=False, num_classes=0)
-    pool = meta.get("pool")
-    return model if pool is None else set_global_pool(model, pool, float(meta.get("gem_p", 3.0)))
+    pool = meta["pool"]
+    return model if pool is None else set_global_pool(model, pool, float(meta["gem_p"]))

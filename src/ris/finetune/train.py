@@ -8,6 +8,7 @@ import copy
 import logging
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,9 @@ from ris.finetune.activations import cached_activations
 from ris.finetune.backbone_split import split_backbone
 from ris.finetune.data import CachedRows, FineTuneData, ImageRows
 from ris.finetune.losses import create_loss
-from ris.finetune.model import FineTunedModel, L2Normalize, blend_embeddings, projection_head
-from ris.finetune.module import VAL_METRIC, FineTuneModule
+from ris.finetune.model import (FineTunedMember, FineTunedModel, L2Normalize, blend_embeddings,
+                                 ensemble_embeddings, projection_head)
+from ris.finetune.module import VAL_METRIC, FineTuneModule, retrieval_scores
 from ris.progress import on_terminal
 
 log = logging.getLogger("ris.finetune")
@@ -78,19 +80,43 @@ def training_rows(training: str, labels: np.ndarray, splits: np.ndarray) -> Trai
 
 
 @dataclass
-class FineTuneResult:
-    """The selected model, the curves of its training, and what it trained on."""
+class MemberResult:
+    """One member's training: the module as trained (it embeds what the recipe's inputs are), its curves (one row
+    per epoch: epoch, train/loss, val/map_at_r, val/precision_at_1) and its selected epoch."""
 
-    model: FineTunedModel
-    module: FineTuneModule  # the model as trained: embeds what the recipe's inputs are
-    inputs: np.ndarray | None  # the cached matrix the module embeds (None when it reads images)
-    rows: TrainingRows
-    history: pd.DataFrame  # one row per epoch: epoch, train/loss, val/map_at_r, val/precision_at_1
+    seed: int
+    module: FineTuneModule
+    history: pd.DataFrame
     best_epoch: int
     best_val_map_at_r: float
     seconds: float
+
+    def summary(self) -> dict:
+        return {"seed": self.seed, "best_epoch": self.best_epoch, "epochs_run": len(self.history),
+                "best_val_map_at_r": self.best_val_map_at_r, "train_seconds": self.seconds}
+
+
+@dataclass
+class FineTuneResult:
+    """The selected model, its members' trainings, and what they trained on."""
+
+    model: FineTunedModel
+    members: list[MemberResult]
+    inputs: np.ndarray | None  # the cached matrix the members' modules embed (None when they read images)
+    rows: TrainingRows
+    best_val_map_at_r: float  # the model's fine-tuned embedding on val (the members' together)
     device: str
     precision: str
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """Every member's curves, one row per member and epoch (``member`` is its position)."""
+        return pd.concat([member.history.assign(member=position) for position, member in enumerate(self.members)],
+                         ignore_index=True)
+
+    @property
+    def seconds(self) -> float:
+        return sum(member.seconds for member in self.members)
 
 
 def training_precision(cfg: FinetuneConfig) -> str:
@@ -102,63 +128,98 @@ def training_precision(cfg: FinetuneConfig) -> str:
 
 def finetune(plan: ExtractionPlan, features: FeatureSet, splits: np.ndarray, training: str, cfg: FinetuneConfig,
              *, images_dir: Path, activation_cache: Path, progress: bool = True) -> FineTuneResult:
-    """Fine-tune ``plan.model`` (the pretrained backbone that made ``features``) with the recipe ``cfg``.
+    """Fine-tune ``plan.model`` (the pretrained backbone that made ``features``) with the recipe ``cfg``:
+    ``cfg.members`` trainings, from seeds ``cfg.seed``, ``cfg.seed + 1``, ..., each on its own copy of the backbone
+    (``plan.model`` is left as it was).
 
-    Returns the model whose val MAP@R was best (early stopping ends the run after ``cfg.patience`` epochs without a
-    better one; the selection looks at the fine-tuned embedding alone, before any blend with the pretrained one).
-    The backbone in ``plan.model`` is trained in place.
+    Each member keeps the epoch whose val MAP@R was best (early stopping ends its run after ``cfg.patience`` epochs
+    without a better one; the selection looks at the fine-tuned embedding alone, before any blend with the
+    pretrained one).
     """
-    pl.seed_everything(cfg.seed, workers=True)
     labels = features.labels
     rows = training_rows(training, labels, splits)
-    model = plan.model
-    pretrained = frozen_copy(model) if cfg.pretrained_weight else None  # before training changes the original
-    input_size = tuple(plan.data_config["input_size"])
+    pretrained = frozen_copy(plan.model) if cfg.pretrained_weight else None
     inputs: np.ndarray | None = None
     if cfg.depth == "head":  # the stored embeddings are the frozen backbone's output
-        trunk, tail = nn.Identity(), (L2Normalize() if plan.backbone.normalize else nn.Identity())
         inputs = features.embeddings
+    elif cfg.depth == "blocks" and cfg.inputs == "cached":  # computed once, for every member
+        trunk, _ = split_backbone(copy.deepcopy(plan.model), plan.backbone.tail_from or "",
+                                  tuple(plan.data_config["input_size"]))
+        inputs = cached_activations(plan, trunk, plan.backbone.tail_from or "", images_dir, activation_cache,
+                                    progress=progress).activations
+    data = training_data(plan, features, rows, inputs, cfg, images_dir)
+    precision = training_precision(cfg)
+    trained: list[tuple[FineTunedMember, MemberResult]] = []
+    device = "cpu"
+    for position in range(cfg.members):
+        member, result, device = train_member(plan, rows, data, int(features.meta["dim"]), inputs is not None,
+                                              training, cfg, precision, seed=cfg.seed + position, progress=progress)
+        trained.append((member, result))
+    model = FineTunedModel([member for member, _ in trained], pretrained=pretrained,
+                           pretrained_weight=cfg.pretrained_weight).eval()
+    members = [result for _, result in trained]
+    if len(members) == 1:
+        best_val = members[0].best_val_map_at_r
+    else:  # the members' embeddings together, on the val images that selected each one's epoch
+        val_embeddings = ensemble_embeddings([torch.from_numpy(embed_batches(member.module, data.val_dataloader()))
+                                              for member in members]).numpy()
+        best_val = retrieval_scores(val_embeddings, rows.targets(labels, rows.val))["map_at_r"]
+        log.info("the %d members together: val MAP@R %.4f", len(members), best_val)
+    return FineTuneResult(model, members, inputs, rows, best_val, device, precision)
+
+
+def training_data(plan: ExtractionPlan, features: FeatureSet, rows: TrainingRows, inputs: np.ndarray | None,
+                  cfg: FinetuneConfig, images_dir: Path) -> FineTuneData:
+    """Train and val batches: rows of the cached ``inputs``, or images (timm's training augmentation for train)."""
+    labels = features.labels
+    train_targets, val_targets = rows.targets(labels, rows.train), rows.targets(labels, rows.val)
+    if inputs is not None:
+        return FineTuneData(CachedRows(inputs, rows.train, train_targets, hflip=cfg.hflip),
+                            CachedRows(inputs, rows.val, val_targets), cfg.batch_size, num_workers=0)
+    augment = timm.data.create_transform(**plan.data_config, is_training=True, hflip=0.5 if cfg.hflip else 0.0,
+                                         auto_augment=cfg.auto_augment)
+    evaluate = eval_transform(plan.data_config, scaled=True)
+    paths = np.array([images_dir / path for path in features.rows["path"]], dtype=object)
+    return FineTuneData(ImageRows(paths[rows.train], train_targets, augment),
+                        ImageRows(paths[rows.val], val_targets, evaluate), cfg.batch_size, cfg.num_workers)
+
+
+def train_member(plan: ExtractionPlan, rows: TrainingRows, data: FineTuneData, width: int, cached: bool,
+                 training: str, cfg: FinetuneConfig, precision: str, *, seed: int,
+                 progress: bool) -> tuple[FineTunedMember, MemberResult, str]:
+    """Train one member from ``seed`` on a copy of the pretrained backbone (whose embeddings are ``width`` wide):
+    the member (the whole backbone with its trained part, and the projection), its training, and the device it ran
+    on."""
+    pl.seed_everything(seed, workers=True)  # here, so that each member starts the same whatever ran before it
+    backbone = copy.deepcopy(plan.model)
+    if cfg.depth == "head":
+        trunk, tail = nn.Identity(), (L2Normalize() if plan.backbone.normalize else nn.Identity())
     elif cfg.depth == "blocks":
-        trunk, tail = split_backbone(model, plan.backbone.tail_from or "", input_size)
-        if cfg.inputs == "cached":
-            inputs = cached_activations(plan, trunk, plan.backbone.tail_from or "", images_dir, activation_cache,
-                                        progress=progress).activations
+        trunk, tail = split_backbone(backbone, plan.backbone.tail_from or "", tuple(plan.data_config["input_size"]))
+        if cached:
             trunk = nn.Identity()
     else:  # full: every layer trains, on images
-        trunk, tail = nn.Identity(), model
-    width = int(features.meta["dim"])
+        trunk, tail = nn.Identity(), backbone
     projection = projection_head(width, cfg.embedding_dim, cfg.hidden_dim)
     loss = create_loss(cfg.loss.name, len(rows.classes), cfg.embedding_dim or width, cfg.loss.params)
     module = FineTuneModule(trunk, tail, projection, loss, lr=cfg.lr, backbone_lr=cfg.backbone_lr,
                             weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs,
                             hparams={"training": training, "depth": cfg.depth, "inputs": cfg.inputs,
-                                     "loss": cfg.loss.name, "classes": len(rows.classes),
+                                     "loss": cfg.loss.name, "classes": len(rows.classes), "seed": seed,
                                      "train_images": len(rows.train), "val_images": len(rows.val)})
-    train_targets, val_targets = rows.targets(labels, rows.train), rows.targets(labels, rows.val)
-    if inputs is not None:
-        data = FineTuneData(CachedRows(inputs, rows.train, train_targets, hflip=cfg.hflip),
-                            CachedRows(inputs, rows.val, val_targets), cfg.batch_size, num_workers=0)
-    else:
-        augment = timm.data.create_transform(**plan.data_config, is_training=True, hflip=0.5 if cfg.hflip else 0.0,
-                                             auto_augment=cfg.auto_augment)
-        evaluate = eval_transform(plan.data_config, scaled=True)
-        paths = np.array([images_dir / path for path in features.rows["path"]], dtype=object)
-        data = FineTuneData(ImageRows(paths[rows.train], train_targets, augment),
-                            ImageRows(paths[rows.val], val_targets, evaluate), cfg.batch_size, cfg.num_workers)
-    precision = training_precision(cfg)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ris-finetune-") as scratch:
         best = ModelCheckpoint(dirpath=scratch, monitor=VAL_METRIC, mode="max", save_top_k=1, save_weights_only=True)
+        title = f"fine-tune {plan.backbone.name} ({training}{f', seed {seed}' if cfg.members > 1 else ''})"
         trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision, max_epochs=cfg.epochs,
                              callbacks=[best, EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience),
-                                        *([LightningProgress(f"fine-tune {plan.backbone.name} ({training})")]
-                                          if progress else [])],
+                                        *([LightningProgress(title)] if progress else [])],
                              logger=CSVLogger(scratch, name="curves"), enable_progress_bar=progress and on_terminal(),
                              enable_model_summary=False, num_sanity_val_steps=0, deterministic=False)
         device = torch.cuda.get_device_name() if isinstance(trainer.accelerator, CUDAAccelerator) else "cpu"
-        log.info("fine-tuning %s (%s, %s inputs, %s loss) for %s: %d train / %d val images, %d classes, on %s",
-                 plan.backbone.name, cfg.depth, cfg.inputs, cfg.loss.name, training, len(rows.train), len(rows.val),
-                 len(rows.classes), device)
+        log.info("fine-tuning %s (%s, %s inputs, %s loss, seed %d) for %s: %d train / %d val images, %d classes, "
+                 "on %s", plan.backbone.name, cfg.depth, cfg.inputs, cfg.loss.name, seed, training, len(rows.train),
+                 len(rows.val), len(rows.classes), device)
         trainer.fit(module, datamodule=data)
         history = epoch_history(Path(trainer.logger.log_dir) / "metrics.csv")
         module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
@@ -168,10 +229,9 @@ def finetune(plan: ExtractionPlan, features: FeatureSet, splits: np.ndarray, tra
     log.info("best val MAP@R %.4f at epoch %d of %d (%.1f s)", best_row[VAL_METRIC], best_row["epoch"],
              len(history), seconds)
     normalize_pooled = cfg.depth == "head" and plan.backbone.normalize
-    model = FineTunedModel(model.cpu().eval(), projection, normalize_pooled=normalize_pooled, pretrained=pretrained,
-                           pretrained_weight=cfg.pretrained_weight).eval()
-    return FineTuneResult(model, module, inputs, rows, history, int(best_row["epoch"]),
-                          float(best_row[VAL_METRIC]), seconds, device, precision)
+    member = FineTunedMember(backbone.cpu().eval(), projection, normalize_pooled=normalize_pooled)
+    return member, MemberResult(seed, module, history, int(best_row["epoch"]), float(best_row[VAL_METRIC]),
+                                seconds), device
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -198,14 +258,24 @@ def embed_cached(module: FineTuneModule, inputs: np.ndarray, batch_size: int = 2
     return np.concatenate(parts).astype(np.float32)
 
 
+@torch.inference_mode()
+def embed_batches(module: FineTuneModule, batches: Iterable) -> np.ndarray:
+    """The fine-tuned embedding of every ``(inputs, targets)`` batch (a val loader's), in order."""
+    module.eval()
+    return np.concatenate([module(inputs).float().numpy() for inputs, _ in batches]).astype(np.float32)
+
+
 def embed_collection_cached(result: FineTuneResult, pretrained: np.ndarray) -> np.ndarray:
-    """What ``result.model`` gives every row of its cached inputs: the fine-tuned embeddings, blended with the rows'
-    ``pretrained`` embeddings (the extraction's output for the same images) where the model blends them in."""
+    """What ``result.model`` gives every row of its cached inputs: the members' fine-tuned embeddings together,
+    blended with the rows' ``pretrained`` embeddings (the extraction's output for the same images) where the model
+    blends them in."""
     if result.inputs is None:
         raise ValueError("this fine-tune read images, not cached inputs: embed the images with result.model")
-    finetuned = embed_cached(result.module, result.inputs)
+    inputs = result.inputs
+    finetuned = ensemble_embeddings([torch.from_numpy(embed_cached(member.module, inputs))
+                                     for member in result.members])
     if result.model.pretrained is None:
-        return finetuned
-    blended = blend_embeddings(torch.from_numpy(finetuned), torch.from_numpy(np.asarray(pretrained, np.float32)),
+        return finetuned.numpy()
+    blended = blend_embeddings(finetuned, torch.from_numpy(np.asarray(pretrained, np.float32)),
                                result.model.pretrained_weight)
     return blended.numpy()

@@ -47,12 +47,13 @@ def model_meta(cfg: Config, training: str, features: FeatureSet, result: FineTun
             "features_key": features.key, "training": training, "recipe": recipe,
             "tail_from": cfg.backbone.tail_from if cfg.finetune.depth == "blocks" else None,
             "backbone_dim": int(features.meta["dim"]), "embedding_dim": cfg.finetune.embedding_dim,
-            "hidden_dim": cfg.finetune.hidden_dim, "normalize_pooled": isinstance(result.model.pooled, L2Normalize),
+            "hidden_dim": cfg.finetune.hidden_dim, "members": len(result.members),
+            "normalize_pooled": isinstance(result.model.members[0].pooled, L2Normalize),
             "pool": cfg.backbone.pool, "gem_p": cfg.backbone.gem_p,
             "pretrained_weight": cfg.finetune.pretrained_weight,
             "classes": result.rows.classes, "train_images": len(result.rows.train), "val_images": len(result.rows.val),
-            "best_epoch": result.best_epoch, "best_val_map_at_r": result.best_val_map_at_r,
-            "epochs_run": len(result.history)}
+            "selection": [member.summary() for member in result.members],
+            "best_val_map_at_r": result.best_val_map_at_r}
 
 
 def finetuned_features_meta(store: FineTunedStore, features: FeatureSet) -> dict:
@@ -99,7 +100,7 @@ def run(cfg: Config, training: str, *, progress: bool = True) -> dict:
     report = {"backbone": cfg.backbone.name, "model": store.meta["model"], "training": training,
               "recipe": store.meta["recipe"], "tail_from": store.meta["tail_from"],
               "classes": len(result.rows.classes), "train_images": len(result.rows.train),
-              "val_images": len(result.rows.val), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+              "val_images": len(result.rows.val), "members": [member.summary() for member in result.members],
               "best_val_map_at_r": result.best_val_map_at_r, "train_seconds": result.seconds,
               "device": result.device, "precision": result.precision, "embedding_dim": int(tuned.meta["dim"]),
               "protocols": {comparison.protocol: comparison.report() for comparison in comparisons}}
@@ -119,11 +120,15 @@ def track(cfg: Config, report: dict, result: FineTuneResult, store: FineTunedSto
     params["features.key"] = store.meta["features_key"]
     final = {f"{protocol}/{model}/{key}": value for protocol, found in report["protocols"].items()
              for model in ("pretrained", "finetuned") for key, value in found[model].items()}
-    final.update({"best_val_map_at_r": result.best_val_map_at_r, "train_seconds": result.seconds,
-                  "best_epoch": result.best_epoch})
-    curves = {column: list(zip(result.history["epoch"], result.history[column], strict=True))
-              for column in result.history.columns if column != "epoch"}
-    curves = {name: [(step, value) for step, value in points if np.isfinite(value)] for name, points in curves.items()}
+    final.update({"best_val_map_at_r": result.best_val_map_at_r, "train_seconds": result.seconds})
+    curves = {}
+    for position, member in enumerate(result.members):
+        prefix = f"member{position}/" if len(result.members) > 1 else ""  # one member: the plain names
+        final[f"{prefix}best_epoch"] = member.best_epoch
+        for column in member.history.columns.drop("epoch"):
+            curves[prefix + column] = [(int(step), float(value)) for step, value in
+                                       zip(member.history["epoch"], member.history[column], strict=True)
+                                       if np.isfinite(value)]
     tags = {"backbone": cfg.backbone.name, "finetune": training, "git_commit": git_commit(), "source": "dvc",
             "kind": "finetune"}
     example = np.zeros((1, *store.meta["preprocessing"]["input_size"]), dtype=np.float32)
@@ -135,6 +140,13 @@ def track(cfg: Config, report: dict, result: FineTuneResult, store: FineTunedSto
                          "finetune": training, "leaky": str(found["leaky"]).lower()}
         log_run(cfg.tracking, f"{cfg.backbone.name}+finetuned({training})/full/brute/{protocol}", params,
                 found["finetuned"], protocol_tags)
+
+
+def selection_summary(members: list[dict]) -> str:
+    """Each member's selected epoch (counted from 1), and its seed where there are several."""
+    seeds = [f"seed {member['seed']}: " if len(members) > 1 else "" for member in members]
+    return ", ".join(f"{seed}epoch {member['best_epoch'] + 1} of {member['epochs_run']}"
+                     for seed, member in zip(seeds, members, strict=True))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -152,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return Done([paths.features_dir, paths.split_table, paths.images_dir],
                     [paths.finetuned_dir(args.training), paths.finetune_training_report(args.training),
                      paths.finetune_history(args.training)],
-                    f"best val MAP@R {report['best_val_map_at_r']:.4f} at epoch {report['best_epoch']} of "
-                    f"{report['epochs_run']}, {report['train_seconds']:.0f} s on {report['device']}")
+                    f"best val MAP@R {report['best_val_map_at_r']:.4f} ({selection_summary(report['members'])}), "
+                    f"{report['train_seconds']:.0f} s on {report['device']}")
 
     stage_main("finetune", body)
 
