@@ -187,6 +187,12 @@ def test_the_last_blocks_train_on_cached_activations_and_reload_to_the_same_embe
                       progress=False)
     assert len(list(cache.rglob("activations.npy"))) == 1
     assert [member.seed for member in result.members] == list(range(members))
+    # The tail trained in training mode (its batch norm statistics followed the data); the trunk stayed pretrained.
+    before, after = plan.model.state_dict(), result.model.members[0].backbone.state_dict()
+    statistics = [name for name in before if name.endswith("running_mean")]
+    in_tail = [name for name in statistics if name.startswith(("blocks.4", "blocks.5", "blocks.6", "bn2"))]
+    assert in_tail and all(not torch.equal(before[name], after[name]) for name in in_tail)
+    assert all(torch.equal(before[name], after[name]) for name in statistics if name not in in_tail)
     assert list(result.history["member"].unique()) == list(range(members))
     cached = train_module.embed_collection_cached(result, features.embeddings)
 

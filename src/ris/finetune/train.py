@@ -220,6 +220,10 @@ def train_member(plan: ExtractionPlan, rows: TrainingRows, data: FineTuneData, w
         log.info("fine-tuning %s (%s, %s inputs, %s loss, seed %d) for %s: %d train / %d val images, %d classes, "
                  "on %s", plan.backbone.name, cfg.depth, cfg.inputs, cfg.loss.name, seed, training, len(rows.train),
                  len(rows.val), len(rows.classes), device)
+        # The copied backbone is in eval mode (as extraction left it) and Lightning keeps each module's mode, so
+        # the trained part must be put in training mode here: its batch norm statistics then follow the
+        # fine-tuning data, and dropout/drop-path act (the trunk stays in eval mode: see Trunk).
+        module.train()
         trainer.fit(module, datamodule=data)
         history = epoch_history(Path(trainer.logger.log_dir) / "metrics.csv")
         module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
