@@ -212,13 +212,15 @@ def run_extract_benchmark(backbone: BackboneConfig, table_path: Path, images_dir
     print(f"decode only, one core: {decode:.1f} images/s", flush=True)
     run = end_to_end(plan, paths)
     print(f"end to end: {run['images_per_second']:.1f} images/s over {run['images']} images", flush=True)
-    fastest_eager = max((item for item in forward if not item["compiled"]), key=lambda item: item["images_per_second"])
     fastest = dict(max(forward, key=lambda item: item["images_per_second"]))
     # Measured again right after: a shared machine's speed drifts, and the ratio's denominator is the best seen.
     again = forward_in_processes(plan.model, input_size, fastest, forward_seconds)
     fastest.update(images_per_second=max(again, fastest["images_per_second"]), first=fastest["images_per_second"],
                    again=again)
     print(f"fastest forward only again: {again:.1f} images/s", flush=True)
+    # The best eager rate seen: the re-measured one when the fastest setting is eager (a CI run caught the two apart).
+    fastest_eager = fastest if not fastest["compiled"] else max(
+        (item for item in forward if not item["compiled"]), key=lambda item: item["images_per_second"])
     result = {"date": date.today().isoformat(), "model": plan.source.model, "weights": plan.source.kind,
               "input_size": list(input_size), "cuda": cuda, "device": device_name(),
               "machine": {"cpus": multiprocessing.cpu_count(), "torch_threads": torch.get_num_threads(),
