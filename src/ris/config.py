@@ -87,6 +87,10 @@ class BackboneConfig:
     pool: str | None = None  # global pooling: null keeps the model's own (average for timm CNNs); avg, max or gem
     gem_p: float = 3.0  # GeM's exponent (1 is average pooling, large values approach max pooling)
     channels_last: bool = True  # run convolutions in NHWC: the same embeddings, faster on CPU and on tensor cores
+    # torch.compile the model (Inductor, frozen weights) when embedding at least compile_min_images images: the same
+    # embeddings to float rounding, faster once the compile (seconds to a minute) is repaid. Eager if it fails.
+    compile: bool = True
+    compile_min_images: int = 4000
     # Processes embedding side by side, one shard each: an integer, or auto (every GPU; on a CPU one single-threaded
     # process per core, which beat one process using every core on 2 cores by 1.13x forward-only and 1.36x end to
     # end: ris bench extract).

@@ -148,16 +148,84 @@ def test_bench_extract_measures_forward_decode_and_end_to_end(image_tree: Path, 
     assert plot_extract(result, tmp_path / "bench.png").stat().st_size > 0
 
 
-def test_bench_extract_also_times_the_compiled_model_at_the_larger_batches():
-    from ris.bench.extract import forward_only, forward_settings
+def test_bench_extract_also_times_the_compiled_model_in_every_cpu_setting_and_at_the_larger_gpu_batches():
+    from ris.bench.extract import forward_in_processes, forward_only, forward_settings
 
     settings = forward_settings(cuda=False, cpus=2)
     compiled = [item for item in settings if item["compiled"]]
-    assert {(item["batch_size"], item["processes"]) for item in compiled} == {(32, 1), (64, 1)}
+    assert {(item["batch_size"], item["processes"]) for item in compiled} == {
+        (batch, processes) for batch in (8, 16, 32, 64) for processes in (1, 2)}
     assert all(item["channels_last"] for item in compiled)
+    assert {item["batch_size"] for item in forward_settings(cuda=True, cpus=2) if item["compiled"]} == {256, 512}
     assert not any(item["compiled"] for item in forward_settings(cuda=False, cpus=2, compiled=False))
     assert forward_only(_model("test_efficientnet"), (3, 32, 32), 2, channels_last=True, autocast=False,
                         seconds=0.05, compiled=True) > 0
+    # Two forked processes compiling at once (which hung with Inductor's compile workers) come back with a rate.
+    two = {"channels_last": True, "batch_size": 2, "bf16_autocast": False, "processes": 2, "compiled": True}
+    assert forward_in_processes(_model("test_efficientnet"), (3, 32, 32), two, seconds=0.05) > 0
+
+
+def test_decode_only_samples_the_whole_collection_not_its_first_images(image_tree: Path, monkeypatch):
+    import ris.bench.extract as bench
+
+    table, _ = scan_images(image_tree, progress=False)
+    plan = plan_extraction(table, tiny_backbone())
+    paths = [image_tree / path for path in plan.rows["path"]]
+    seen: list[list[Path]] = []
+    monkeypatch.setattr(bench, "ImageFileDataset", lambda sample, transform: seen.append(sample) or sample)
+    monkeypatch.setattr(bench, "eval_transform", lambda config: None)
+    bench.decode_only(plan, paths, 3)
+    assert len(paths) > 3 and seen == [[paths[0], seen[0][1], paths[-1]]] and seen[0][1] not in (paths[0], paths[-1])
+
+
+def test_a_compiled_embedding_module_pads_the_last_batch_and_gives_the_eager_embeddings(tmp_path: Path):
+    from conftest import make_image_tree
+
+    tree = make_image_tree(tmp_path / "images", classes=2, per_class=5)  # 10 images: batches of 4, 4 and 2
+    table, _ = scan_images(tree, progress=False)
+    plan = plan_extraction(table, tiny_backbone(batch_size=4, compile_min_images=0))
+    paths = [tree / path for path in plan.rows["path"]]
+    compiled, _ = embed_images(plan, paths, progress=False)
+    eager, _ = embed_images(plan_extraction(table, tiny_backbone(batch_size=4, compile=False)), paths,
+                            progress=False)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(eager[-1], eager[-2])
+
+    from torch._dynamo.utils import counters
+
+    module = EmbeddingModule(_model("test_efficientnet"), compile=True)
+    with torch.inference_mode():
+        batch = torch.rand(4, 3, 32, 32)
+        first = module.embed(batch)
+        compiled_frames = counters["frames"]["ok"]
+        last = module.embed(batch[:2])  # the last batch, smaller: padded, not compiled again
+    assert module.compiled is not None and module.compiled_batch == 4
+    assert counters["frames"]["ok"] == compiled_frames > 0
+    torch.testing.assert_close(last, first[:2], rtol=1e-4, atol=1e-5)
+    assert not any(name.startswith("compiled") for name, _ in module.named_modules())  # not in its own tree
+
+
+def test_a_run_below_the_compile_threshold_or_a_failing_compile_embeds_with_the_eager_model(
+        image_tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    import ris.embed.lightning as lightning
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no C++ compiler")
+
+    table, _ = scan_images(image_tree, progress=False)
+    plan = plan_extraction(table, tiny_backbone())  # compile on, but 12 images are far below compile_min_images
+    assert plan.backbone.compile and len(plan.rows) < plan.backbone.compile_min_images
+    monkeypatch.setattr(lightning, "compile_frozen", refuse)
+    matrix, _ = embed_images(plan, [image_tree / path for path in plan.rows["path"]], progress=False)
+    assert np.isfinite(matrix).all()
+    monkeypatch.undo()
+
+    module = EmbeddingModule(_model("test_efficientnet"), compile=True)
+    monkeypatch.setattr(torch, "compile", refuse)
+    with torch.inference_mode(), caplog.at_level("WARNING"):
+        batch = torch.rand(3, 3, 32, 32)
+        torch.testing.assert_close(module.embed(batch), module(batch))
+    assert module.compiled is None and "no C++ compiler" in caplog.text
 
 
 def test_a_failing_forward_process_fails_the_benchmark_at_once():

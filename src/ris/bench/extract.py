@@ -94,6 +94,10 @@ def _forward_in_child(model: torch.nn.Module, input_size: Sequence[int], setting
                       threads: int, start: Any, rates: Any) -> None:
     torch.set_num_threads(threads)
     try:
+        if setting["compiled"]:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.compile_threads = 1  # Inductor's pool of compile workers hung in forked children
         start.wait()  # every process runs at the same time, sharing the machine as extraction's ranks do
         rates.put(forward_with(model, input_size, setting, seconds))
     except BaseException as error:  # the parent re-raises it at once instead of waiting on the queue
@@ -142,16 +146,19 @@ def forward_settings(cuda: bool, cpus: int, compiled: bool = True) -> list[dict[
              for layout in (False, True) for batch in batches for autocast in precisions for count in processes]
     if not compiled:
         return eager
-    # Compiled in one process only: Inductor compiling in two forked children hung here (2026-12-03, nothing
-    # came back for 600 s), and a process compiles in its own threads anyway.
+    # Compiled: channels-last, every batch size and process count on a CPU (extraction compiles there too), the
+    # two larger batches on a GPU. Forked children compile in-process (_forward_in_child): with Inductor's pool of
+    # compile workers, two forked children hung (2026-12-03).
     return eager + [{**setting, "compiled": True} for setting in eager
-                    if setting["channels_last"] and setting["batch_size"] in batches[-2:]
-                    and setting["processes"] == 1]
+                    if setting["channels_last"] and (not cuda or setting["batch_size"] in batches[-2:])]
 
 
 def decode_only(plan: ExtractionPlan, paths: list[Path], count: int) -> float:
-    """Images per second of the DataLoader's work (read, decode, resize, crop to uint8) on one core."""
-    dataset = ImageFileDataset(paths[:count], eval_transform(plan.data_config))
+    """Images per second of the DataLoader's work (read, decode, resize, crop to uint8) on one core, over ``count``
+    images spread evenly over ``paths`` (a collection sorted by class is not alike from end to end: Caltech101's
+    first 400, its faces, are twice as costly to decode as the average image)."""
+    sample = [paths[index] for index in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)]
+    dataset = ImageFileDataset(sample, eval_transform(plan.data_config))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
     try:

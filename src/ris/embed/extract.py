@@ -108,7 +108,8 @@ def embed_images(plan: ExtractionPlan, paths: list[Path], *, progress: bool = Tr
     data = ImageDataModule(paths, eval_transform(plan.data_config), backbone.batch_size, backbone.num_workers,
                            sha256=sha256)
     module = EmbeddingModule(plan.model, backbone.normalize, backbone.channels_last, plan.data_config["mean"],
-                             plan.data_config["std"])
+                             plan.data_config["std"],
+                             compile=backbone.compile and len(paths) >= backbone.compile_min_images)
     log.info("embedding %d images with %s (%s weights, %s) on %d %s process(es)", len(paths), backbone.name,
              plan.source.kind, plan.data_config, resolve_devices(backbone.devices, backbone.accelerator),
              backbone.accelerator)
