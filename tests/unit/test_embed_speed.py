@@ -134,6 +134,7 @@ def test_bench_extract_measures_forward_decode_and_end_to_end(image_tree: Path, 
                                    limit=None, forward_seconds=0.05, decode_count=5, compiled=False)
     assert result["model"] == "test_efficientnet" and result["input_size"] == [3, 160, 160]
     assert result["end_to_end"]["images"] == 12 and result["end_to_end"]["images_per_second"] > 0
+    assert result["end_to_end"]["compiled"] is False  # 12 images are below compile_min_images: extraction stays eager
     assert result["decode_one_core_images_per_second"] > 0
     rates = [item["images_per_second"] for item in result["forward_only"]]
     assert all(rate > 0 for rate in rates) and len(rates) == len({json.dumps({k: v for k, v in item.items()

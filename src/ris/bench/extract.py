@@ -39,6 +39,7 @@ from ris.paths import PipelinePaths, write_json_atomic
 
 CPU_TARGET_RATIO = 0.85  # end to end >= this share of the fastest forward-only, on a CPU
 GPU_TARGET_IMAGES_PER_SECOND = 10_000  # ResNet-50 at 224 px, one H100/H200, end to end
+WARMUP_DECODES = 20  # images decoded before decode-only is timed
 
 
 def cpu_name() -> str:
@@ -162,6 +163,8 @@ def decode_only(plan: ExtractionPlan, paths: list[Path], count: int) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
     try:
+        for row in range(min(WARMUP_DECODES, len(dataset))):  # untimed: first calls into PIL and torch cost more
+            dataset[row]
         started = time.perf_counter()
         for row in range(len(dataset)):
             dataset[row]
@@ -183,7 +186,8 @@ def end_to_end(plan: ExtractionPlan, paths: list[Path]) -> dict[str, Any]:
     return {"images": len(paths), "seconds": seconds, "images_per_second": len(paths) / seconds, "device": device,
             "batch_size": backbone.batch_size, "num_workers": backbone.num_workers,
             "devices": resolve_devices(backbone.devices, backbone.accelerator),
-            "channels_last": backbone.channels_last, "precision": backbone.precision}
+            "channels_last": backbone.channels_last, "precision": backbone.precision,
+            "compiled": backbone.compile and len(paths) >= backbone.compile_min_images}  # as embed_images decides
 
 
 def target_check(result: dict[str, Any]) -> dict[str, Any]:
@@ -269,7 +273,7 @@ def plot_extract(result: dict[str, Any], path: Path) -> Path:
     colours.append("tab:grey")
     run = result["end_to_end"]
     labels.append(f"end to end ({run['devices']} processes x batch {run['batch_size']}, "
-                  f"{run['num_workers']} workers each)")
+                  f"{run['num_workers']} workers each{', compiled' if run.get('compiled') else ''})")
     rates.append(run["images_per_second"])
     colours.append("tab:green" if result["target"]["holds"] else "tab:red")
     figure, axes = plt.subplots(figsize=(9, 0.4 * len(labels) + 1.5))
